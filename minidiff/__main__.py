@@ -1,0 +1,5 @@
+"""Entry point for ``python -m minidiff``."""
+
+from minidiff.cli import main
+
+raise SystemExit(main())

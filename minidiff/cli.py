@@ -1,0 +1,50 @@
+"""The command line: ``python -m minidiff SUBCOMMAND ...``.
+
+Every failure prints one line that says what went wrong and how to fix it, and exits non-zero;
+``--debug`` shows the full traceback instead.
+"""
+
+import argparse
+import importlib
+import sys
+
+# Subcommand name -> module in minidiff.commands. The order is the order ``--help`` shows.
+COMMANDS = {
+    "schedule": "schedule",
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m minidiff",
+        description="minidiff: a small, readable Stable Diffusion that matches diffusers.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"minidiff.commands.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        result = args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted: no output was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line for the user; the traceback only on request
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        print("(run again with --debug for the full traceback)", file=sys.stderr)
+        return 1
+    return int(result or 0)

@@ -1,0 +1,1 @@
+"""The four networks of Stable Diffusion, with diffusers' module and parameter names."""
