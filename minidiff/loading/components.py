@@ -1,0 +1,261 @@
+"""Loading and saving a whole Stable Diffusion model: tokenizer, text encoder, VAE, U-Net, scheduler config.
+
+Two layouts exist on disk:
+
+    diffusers folder                         single file (CompVis / A1111)
+    model_index.json                         model.safetensors (or .ckpt): the three networks side by side
+    tokenizer/      vocab.json, merges.txt       under their original names (see single_file.py); no
+    text_encoder/   config.json, model.safetensors   tokenizer, no configs: the architecture is read from
+    vae/            config.json, diffusion_pytorch_model.safetensors   the shapes, the tokenizer is CLIP's
+    unet/           config.json, diffusion_pytorch_model.safetensors   standard vocabulary.
+    scheduler/      scheduler_config.json
+    controlnet/     (optional) config.json, diffusion_pytorch_model.safetensors
+
+``load_components`` reads either into minidiff's networks; ``save_components`` writes a diffusers folder that
+``diffusers.StableDiffusionPipeline.from_pretrained`` loads, and ``save_single_file`` a single file. Every
+network is built on the ``meta`` device (shapes only, no memory) and then takes the file's tensors, after
+``load_state_dict_strict`` has checked that every name and shape matches.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minidiff.loading.pickle_file import PICKLE_SUFFIXES, read_pickle_checkpoint
+from minidiff.loading.safetensors_file import read_safetensors, write_safetensors
+from minidiff.loading.single_file import infer_configs, join_original_checkpoint, split_original_checkpoint
+from minidiff.loading.state_dict import CheckpointError, load_state_dict_strict
+from minidiff.models.clip import CLIPTextConfig, CLIPTextModel, clip_text_state_dict
+from minidiff.models.controlnet import ControlNetConfig, ControlNetModel
+from minidiff.models.tokenizer import EOS, CLIPTokenizer, find_openclip_vocab, load_openclip_bpe
+from minidiff.models.unet import UNet2DConditionModel, UNetConfig
+from minidiff.models.vae import AutoencoderKL, VAEConfig
+from minidiff.samplers import SchedulerConfig
+
+# component folder -> (config class, model class, weights file name, class name in model_index.json)
+NETWORKS = {
+    "text_encoder": (CLIPTextConfig, CLIPTextModel, "model", ["transformers", "CLIPTextModel"]),
+    "vae": (VAEConfig, AutoencoderKL, "diffusion_pytorch_model", ["diffusers", "AutoencoderKL"]),
+    "unet": (UNetConfig, UNet2DConditionModel, "diffusion_pytorch_model", ["diffusers", "UNet2DConditionModel"]),
+    "controlnet": (ControlNetConfig, ControlNetModel, "diffusion_pytorch_model", ["diffusers", "ControlNetModel"]),
+}
+SCHEDULER_CLASS = "PNDMScheduler"  # what SD 1.5's model_index.json names; every diffusers scheduler reads its config
+# The pad token of each text tower's tokenizer (SD 2.x's OpenCLIP tokenizer pads with "!").
+PAD_TOKEN = {"sd1": EOS, "sd2": "!"}
+
+
+@dataclass
+class Components:
+    """Everything a pipeline needs; ``source`` is the file or folder it came from."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    scheduler_config: SchedulerConfig
+    controlnet: ControlNetModel | None = None
+    source: str = ""
+
+
+def build_network(name, config, state_dict, source, dtype, device):
+    """Build network ``name`` from its config on the meta device, then take ``state_dict`` strictly."""
+    _, model_class, _, _ = NETWORKS[name]
+    with torch.device("meta"):
+        model = model_class(config)
+    state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    load_state_dict_strict(model, state_dict, source, assign=True)
+    return model.to(device).eval()
+
+
+def read_weights(path, allow_pickle):
+    """{name: tensor} from a .safetensors file, or from a pickle file when ``allow_pickle``."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    if path.endswith(PICKLE_SUFFIXES):
+        return read_pickle_checkpoint(path, allow_pickle=allow_pickle)
+    raise CheckpointError(
+        f"{path}: unknown weights format; expected .safetensors "
+        f"(or, with --allow-pickle, {', '.join(PICKLE_SUFFIXES)})."
+    )
+
+
+def read_json(path):
+    """A JSON object from a config file, or a CheckpointError naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; a diffusers model folder has one here.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object {{...}}, found a {type(data).__name__}.")
+    return data
+
+
+def weights_file(folder, stem, variant, allow_pickle):
+    """The weights file of one component folder: ``{stem}[.{variant}].safetensors``, else the pickle ``.bin``."""
+    suffix = f".{variant}" if variant else ""
+    for candidate in (folder / f"{stem}{suffix}.safetensors", folder / f"{stem}{suffix}.bin"):
+        if candidate.is_file() and (candidate.suffix == ".safetensors" or allow_pickle):
+            return candidate
+    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "config.json")
+    hint = "; pass --allow-pickle to read the .bin file" if (folder / f"{stem}{suffix}.bin").is_file() else ""
+    if not hint and variant is None and any(".fp16." in name for name in found):
+        hint = "; to read half-precision weights pass variant='fp16' (--variant fp16)"
+    raise CheckpointError(f"{folder}: no {stem}{suffix}.safetensors; the folder holds {found or 'no files'}{hint}.")
+
+
+def load_network_folder(folder, name, dtype, device, allow_pickle, variant):
+    """One network from its diffusers component folder (config.json + weights)."""
+    config_class = NETWORKS[name][0]
+    config_path = folder / "config.json"
+    config_dict = read_json(config_path)
+    try:
+        config = config_class.from_dict(config_dict)
+    except (ValueError, TypeError) as exc:  # values minidiff does not build, or of the wrong type
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    path = weights_file(folder, NETWORKS[name][2], variant, allow_pickle)
+    state_dict = read_weights(path, allow_pickle)
+    if name == "text_encoder":
+        state_dict = clip_text_state_dict(state_dict)  # "text_model." prefix or not, as transformers versions differ
+    return build_network(name, config, state_dict, path, dtype, device)
+
+
+def load_folder(folder, dtype, device, allow_pickle, variant, prediction_type):
+    """Components from a diffusers model folder (see the module docstring for the layout)."""
+    required = ["tokenizer", "text_encoder", "vae", "unet", "scheduler"]
+    missing = [name for name in required if not (folder / name).is_dir()]
+    if missing:
+        found = sorted(p.name for p in folder.iterdir())
+        raise CheckpointError(
+            f"{folder}: missing the component folders {missing}; a Stable Diffusion model folder has "
+            f"{', '.join(required)} (and model_index.json); this one holds {found or 'nothing'}."
+        )
+    if (folder / "model_index.json").is_file():
+        read_json(folder / "model_index.json")  # only checked to be readable: the subfolders say what is there
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        scheduler_config = SchedulerConfig.from_json(folder / "scheduler")
+    except (FileNotFoundError, ValueError) as exc:
+        raise CheckpointError(f"{folder}: {exc}") from None
+    networks = {
+        name: load_network_folder(folder / name, name, dtype, device, allow_pickle, variant)
+        for name in NETWORKS
+        if name != "controlnet" or (folder / name).is_dir()
+    }
+    if prediction_type is not None:
+        scheduler_config = dataclasses.replace(scheduler_config, prediction_type=prediction_type)
+    return Components(tokenizer, scheduler_config=scheduler_config, source=str(folder), **networks)
+
+
+def load_single_file(path, dtype, device, allow_pickle, prediction_type):
+    """Components from one original-layout checkpoint: configs from the shapes, CLIP's standard tokenizer."""
+    state_dict = read_weights(path, allow_pickle)
+    try:
+        configs = infer_configs(state_dict, prediction_type)
+        parts = split_original_checkpoint(state_dict, configs)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    networks = {
+        name: build_network(name, NETWORKS[name][0].from_dict(configs[name]), parts[name], path, dtype, device)
+        for name in ("text_encoder", "vae", "unet")
+    }
+    kind = "sd2" if configs["text_encoder"]["hidden_act"] == "gelu" else "sd1"
+    tokenizer = CLIPTokenizer(*load_openclip_bpe(find_openclip_vocab()), pad_token=PAD_TOKEN[kind])
+    vocab_size = networks["text_encoder"].config.vocab_size
+    if vocab_size != len(tokenizer.vocab):
+        raise CheckpointError(
+            f"{path}: the text encoder has {vocab_size} token embeddings but CLIP's vocabulary has "
+            f"{len(tokenizer.vocab)}; a single file carries no tokenizer, so it must use CLIP's. Save this model "
+            "as a diffusers folder instead, which keeps its own tokenizer."
+        )
+    scheduler_config = SchedulerConfig.from_dict(configs["scheduler"])
+    return Components(tokenizer, scheduler_config=scheduler_config, source=str(path), **networks)
+
+
+def load_components(path, dtype=torch.float32, device="cpu", allow_pickle=False, variant=None, prediction_type=None):
+    """Load a Stable Diffusion model from a diffusers folder or a single checkpoint file.
+
+    dtype: floating-point weights are converted to it; variant: e.g. "fp16" reads *.fp16.safetensors in a folder;
+    prediction_type: "epsilon" or "v_prediction", overriding the scheduler config (required for SD 2.x single
+    files, whose weights cannot tell). Pickle files are read only with allow_pickle. Returns Components.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return load_folder(path, dtype, device, allow_pickle, variant, prediction_type)
+    if path.is_file():
+        return load_single_file(path, dtype, device, allow_pickle, prediction_type)
+    raise CheckpointError(f"{path}: no such file or folder; give a diffusers model folder or a checkpoint file.")
+
+
+def scheduler_json(scheduler_config):
+    """A scheduler_config.json dict for diffusers: minidiff's fields plus the class name and PNDM's SD setting."""
+    return {"_class_name": SCHEDULER_CLASS, "skip_prk_steps": True, **scheduler_config.to_dict()}
+
+
+def save_components(components, folder):
+    """Write ``components`` as a diffusers model folder (which must not exist yet), atomically.
+
+    Everything is written into a temporary sibling folder that is renamed at the end, so a failure leaves
+    nothing behind. Weights are saved in the networks' current dtype.
+    """
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"{folder} already exists; choose a new folder name (minidiff never overwrites a model).")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        index = {
+            "_class_name": "StableDiffusionPipeline",
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": ["diffusers", SCHEDULER_CLASS],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+        }
+        components.tokenizer.save_pretrained(tmp / "tokenizer")
+        (tmp / "scheduler").mkdir()
+        scheduler = scheduler_json(components.scheduler_config)
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+        for name, (_, _, stem, class_name) in NETWORKS.items():
+            model = getattr(components, name)
+            if model is None:
+                continue
+            index[name] = class_name
+            (tmp / name).mkdir()
+            (tmp / name / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+            write_safetensors(model.state_dict(), tmp / name / f"{stem}.safetensors", metadata={"format": "pt"})
+        if components.controlnet is not None:
+            index["_class_name"] = "StableDiffusionControlNetPipeline"
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_single_file(components, path):
+    """Write the U-Net, VAE and text encoder as one original-layout .safetensors file (A1111 / ComfyUI read it).
+
+    The text encoder's layout follows its activation: quick_gelu is OpenAI CLIP (SD 1.x), gelu OpenCLIP (SD 2.x).
+    A single file has no room for a ControlNet, a tokenizer or a scheduler config.
+    """
+    if components.controlnet is not None:
+        raise ValueError(
+            "a single file holds only the U-Net, VAE and text encoder; this model also has a ControlNet, which "
+            "would be lost: save it as a diffusers folder instead."
+        )
+    if not str(path).endswith(".safetensors"):
+        raise ValueError(f"{path}: minidiff writes single files only as .safetensors (never pickle).")
+    networks = {name: getattr(components, name) for name in ("unet", "vae", "text_encoder")}
+    configs = {name: model.config.to_dict() for name, model in networks.items()}
+    kind = "sd1" if networks["text_encoder"].config.hidden_act == "quick_gelu" else "sd2"
+    state_dict = join_original_checkpoint({n: m.state_dict() for n, m in networks.items()}, kind, configs)
+    write_safetensors(state_dict, path, metadata={"format": "pt"})
