@@ -1,0 +1,57 @@
+"""``python -m minidiff schedule``: show the timesteps and noise levels a sampler will use.
+
+    python -m minidiff schedule --sampler euler --steps 25 --karras --plot sigmas.png
+
+Prints one row per network call: the timestep t handed to the U-Net, the σ-space noise level σ of the latent
+before the call and ᾱ = 1 / (1 + σ²), its share of signal power.
+"""
+
+HELP = "print a sampler's timesteps and noise levels as a table, and optionally plot them"
+
+
+def add_arguments(parser):
+    parser.add_argument(
+        "--sampler", default="euler", help="ddpm, ddim, euler, euler_a, heun, lms or dpmpp_2m (default: euler)"
+    )
+    parser.add_argument("--steps", type=int, default=25, help="number of sampling steps (default: 25)")
+    parser.add_argument("--karras", action="store_true", help="use Karras et al.'s noise levels (σ-samplers)")
+    parser.add_argument("--strength", type=float, default=1.0, help="img2img strength in (0, 1] (default: 1)")
+    parser.add_argument(
+        "--config", help="a diffusers scheduler_config.json, or its folder (default: Stable Diffusion's settings)"
+    )
+    parser.add_argument("--plot", metavar="FILE.png", help="also plot σ and ᾱ against the call index")
+
+
+def run(args):
+    from minidiff.samplers import SchedulerConfig, make_sampler
+
+    config = SchedulerConfig.from_json(args.config) if args.config else SchedulerConfig()
+    sampler = make_sampler(args.sampler, config, args.steps, karras=args.karras or None, strength=args.strength)
+    sigmas = [float(sampler.sigma_at(i)) for i in range(len(sampler.timesteps))]
+    alpha_bars = [1 / (1 + s**2) for s in sigmas]
+
+    print(
+        f"{args.sampler}: {args.steps} steps, {len(sampler.timesteps)} network calls, "
+        f"{sampler.config.timestep_spacing} spacing, karras={sampler.karras}, "
+        f"init_noise_sigma={sampler.init_noise_sigma:.6g}"
+    )
+    print(f"{'call':>5} {'timestep':>10} {'sigma':>12} {'alpha_bar':>12}")
+    for i, (t, sigma, alpha_bar) in enumerate(zip(sampler.timesteps.tolist(), sigmas, alpha_bars)):
+        print(f"{i:>5} {t:>10.4g} {sigma:>12.6g} {alpha_bar:>12.6g}")
+
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax_sigma, ax_alpha) = plt.subplots(1, 2, figsize=(10, 4))
+        ax_sigma.semilogy(sigmas, marker=".")
+        ax_sigma.set(xlabel="network call", ylabel="σ (log scale)", title=f"{args.sampler}: noise level σ")
+        ax_alpha.plot(alpha_bars, marker=".")
+        ax_alpha.set(xlabel="network call", ylabel="ᾱ", title="signal fraction ᾱ = 1 / (1 + σ²)")
+        fig.tight_layout()
+        fig.savefig(args.plot)
+        plt.close(fig)
+        print(f"plot written to {args.plot}")
+    return 0

@@ -1,0 +1,114 @@
+"""``SchedulerConfig``: the settings of a sampler, read from a diffusers ``scheduler_config.json``.
+
+A Stable Diffusion checkpoint ships one ``scheduler/scheduler_config.json`` (SD 1.5's names the PNDM
+scheduler), and diffusers lets any scheduler be built from it. minidiff does the same: every sampler reads the
+fields below. Keys a checkpoint may carry that change nothing here (``_class_name``, ``skip_prk_steps``, ...)
+are ignored; settings minidiff does not implement raise a ValueError that names the supported values.
+
+A key missing from the file takes Stable Diffusion's value (the defaults below), except ``timestep_spacing``:
+there, as in diffusers (where each scheduler class has its own default, and ``X.from_config`` does not carry over
+values a file left out), a missing value means "leading" for ddpm and ddim and "linspace" for the others.
+SD 1.5's file has no ``timestep_spacing``, so diffusers' pipelines run DDIM on leading timesteps but Euler, Heun,
+LMS and DPM++ on linspace ones, and so does minidiff.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..schedule import BETA_SCHEDULES, PREDICTION_TYPES
+
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+# Settings with one meaning each; the value is the list of what minidiff accepts.
+_CHOICES = {
+    "beta_schedule": BETA_SCHEDULES,
+    "prediction_type": PREDICTION_TYPES,
+    "timestep_spacing": TIMESTEP_SPACINGS,
+    "interpolation_type": ("linear",),
+    "solver_order": (2,),
+    "algorithm_type": ("dpmsolver++",),
+    "solver_type": ("midpoint",),
+    "final_sigmas_type": ("zero", "sigma_min"),
+}
+
+# diffusers options minidiff leaves out: accepted only at the value that switches them off.
+_UNSUPPORTED = {
+    "thresholding": (False,),
+    "variance_type": (None, "fixed_small"),
+    "timestep_type": ("discrete",),
+    "use_exponential_sigmas": (False,),
+    "use_beta_sigmas": (False,),
+    "use_lu_lambdas": (False,),
+    "use_flow_sigmas": (False,),
+    "use_dynamic_shifting": (False,),
+    "sigma_min": (None,),
+    "sigma_max": (None,),
+    "lambda_min_clipped": (-math.inf,),
+}
+
+
+@dataclass
+class SchedulerConfig:
+    """The fields of a diffusers scheduler config that minidiff's samplers honour (defaults: Stable Diffusion's)."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"  # linear | scaled_linear | squaredcos_cap_v2
+    trained_betas: list | None = None  # explicit betas, overriding the three above
+    prediction_type: str = "epsilon"  # epsilon | v_prediction | sample
+    timestep_spacing: str | None = None  # leading | trailing | linspace | None: the sampler's diffusers default
+    steps_offset: int = 1  # added to "leading" timesteps
+    clip_sample: bool = False  # clamp predicted x_0 (ddpm, ddim, heun; the others ignore it, as in diffusers)
+    clip_sample_range: float = 1.0
+    set_alpha_to_one: bool = False  # ddim: the step after the last one is ᾱ = 1 (else ᾱ_0)
+    rescale_betas_zero_snr: bool = False  # rescale betas so the last timestep has SNR 0 (SD 2.1 v-models)
+    interpolation_type: str = "linear"  # euler: σ interpolated linearly between training timesteps
+    use_karras_sigmas: bool = False  # default for make_sampler(karras=None)
+    solver_order: int = 2  # dpmpp_2m: only the second-order multistep solver
+    algorithm_type: str = "dpmsolver++"  # dpmpp_2m: the data-prediction form of DPM-Solver
+    solver_type: str = "midpoint"
+    lower_order_final: bool = True  # dpmpp_2m: first order on the last step when there are fewer than 15
+    euler_at_final: bool = False  # dpmpp_2m: always first order on the last step
+    final_sigmas_type: str = "zero"  # euler, dpmpp_2m: the last σ is 0 ("zero") or σ_0 ("sigma_min")
+
+    def __post_init__(self):
+        for name, valid in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in valid and not (name == "timestep_spacing" and value is None):
+                raise ValueError(f"{name} {value!r} is not supported; choose one of {', '.join(map(repr, valid))}")
+        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
+            raise ValueError(
+                f"trained_betas has {len(self.trained_betas)} values but num_train_timesteps is "
+                f"{self.num_train_timesteps}; give one beta per training timestep"
+            )
+
+    @classmethod
+    def from_dict(cls, d):
+        """Build from a dict of diffusers config keys; unknown keys are ignored, unsupported settings raise."""
+        for key, allowed in _UNSUPPORTED.items():
+            if key in d and d[key] not in allowed:
+                raise ValueError(
+                    f"{key}={d[key]!r} is not supported by minidiff; use {' or '.join(map(repr, allowed))} "
+                    f"(or remove the key)"
+                )
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_json(cls, path):
+        """Read ``scheduler_config.json``: give the file, its folder, or a model folder with ``scheduler/`` in it."""
+        path = Path(path)
+        for candidate in (path, path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json"):
+            if candidate.is_file():
+                return cls.from_dict(json.loads(candidate.read_text()))
+        raise ValueError(
+            f"no scheduler config at {path}: expected a scheduler_config.json file, a folder holding one, "
+            f"or a model folder with scheduler/scheduler_config.json"
+        )
+
+    def to_dict(self):
+        """The fields as a plain dict, in the key names of diffusers' scheduler_config.json."""
+        return asdict(self)

@@ -1,0 +1,45 @@
+"""DDIM (Song et al., 2021): a deterministic (eta = 0) or partly stochastic sampler, matching diffusers'
+``DDIMScheduler``.
+
+From the predicted x_0 and ε at timestep t, DDIM rebuilds the latent at t' = t - T // steps:
+
+    x_{t'} = sqrt(ᾱ') x_0 + sqrt(1 - ᾱ' - s²) ε + s z,      s = eta · sqrt((1 - ᾱ')/(1 - ᾱ) · (1 - ᾱ/ᾱ'))
+
+eta = 0 is the ODE-like DDIM; eta = 1 has DDPM's variance. After the last step ᾱ' is 1 if ``set_alpha_to_one``
+else ᾱ_0. As in diffusers, t' is always t - T // steps, whatever the spacing of the timesteps.
+"""
+
+import torch
+
+from ..schedule import eps_from_output, x0_from_output
+from .base import Sampler, randn, spaced_timesteps
+
+
+class DDIMSampler(Sampler):
+    default_spacing = "leading"
+    name = "ddim"
+
+    def make_schedule(self):
+        self.all_timesteps = torch.from_numpy(spaced_timesteps(self.config, self.steps).round().astype("int64"))
+
+    def sample(self, model_fn, x, generator=None, callback=None):
+        """x: (B, C, H, W) noise; returns the sampled x_0. With eta > 0, noise is drawn after every step."""
+        config = self.config
+        alphas_cumprod = self.schedule.alphas_cumprod  # float32, like diffusers: the scalars below stay float32
+        final_alpha_cumprod = torch.tensor(1.0) if config.set_alpha_to_one else alphas_cumprod[0]
+        for i, t in enumerate(self.timesteps):
+            model_output = model_fn(x, t)
+            t_prev = t - config.num_train_timesteps // self.steps
+            ab = alphas_cumprod[t]
+            ab_prev = alphas_cumprod[t_prev] if t_prev >= 0 else final_alpha_cumprod
+
+            x0 = x0_from_output(model_output, x, ab, config.prediction_type)
+            eps = eps_from_output(model_output, x, ab, config.prediction_type)  # from the unclipped x_0
+            if config.clip_sample:
+                x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+            std = self.eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+            x_prev = ab_prev**0.5 * x0 + (1 - ab_prev - std**2) ** 0.5 * eps
+            if self.eta > 0:
+                x_prev = x_prev + std * randn(model_output.shape, generator, model_output.dtype, model_output.device)
+            x = self.report(callback, i, t, x_prev, x0)
+        return x

@@ -1,0 +1,35 @@
+"""Euler ancestral: an Euler step down to a lower σ, then fresh noise back up to the target σ, matching
+diffusers' ``EulerAncestralDiscreteScheduler`` (k-diffusion's ``sample_euler_ancestral`` with eta = 1).
+
+Going from σ to σ', the step splits σ'² = σ_down² + σ_up²: the ODE carries x down to σ_down and new noise of
+standard deviation σ_up is added. Because fresh noise enters at every step, results depend on the generator.
+"""
+
+from .base import SigmaSampler, denoised_from_output, randn, to_d
+
+
+def get_ancestral_step(sigma_from, sigma_to):
+    """Split the step σ_from -> σ_to into a deterministic part down to σ_down and fresh noise of std σ_up."""
+    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+class EulerAncestralSampler(SigmaSampler):
+    name = "euler_a"
+
+    def sample(self, model_fn, x, generator=None, callback=None):
+        """x: (B, C, H, W) noise of std ``init_noise_sigma``; returns the sampled x_0. Draws noise every step."""
+        sigmas = self.sigmas
+        for i, t in enumerate(self.timesteps):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            model_output = model_fn(self.scale_input(x, sigma), t)
+            x = x.float()  # diffusers takes this step in float32 (see "Precision" in base.py)
+            denoised = denoised_from_output(model_output, x, sigma, self.config.prediction_type)
+            sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next)
+            x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
+            # drawn even on the last step (σ_up = 0) so the generator advances as in diffusers
+            x = x + randn(model_output.shape, generator, model_output.dtype, model_output.device) * sigma_up
+            x = x.to(model_output.dtype)
+            x = self.report(callback, i, t, x, denoised)
+        return x

@@ -1,0 +1,60 @@
+"""Heun: a second-order solver of the probability-flow ODE, matching diffusers' ``HeunDiscreteScheduler``
+(Karras et al., 2022, Algorithm 1 without churn; k-diffusion's ``sample_heun``).
+
+Each step takes an Euler step to σ', evaluates the slope there too and redoes the step with the average slope:
+
+    d = (x - x_0(x, σ)) / σ,   x̃ = x + (σ' - σ) d,   d' = (x̃ - x_0(x̃, σ')) / σ',   x' = x + (σ' - σ)(d + d') / 2
+
+That is two network calls per step, except the last (σ' = 0), which is a plain Euler step. The timesteps list
+has one entry per call: t_0, t_1, t_1, t_2, t_2, ..., t_{n-1}, t_{n-1}, and the callback runs after each call.
+"""
+
+import torch
+
+from .base import SigmaSampler, denoised_from_output, to_d
+
+
+class HeunSampler(SigmaSampler):
+    name = "heun"
+    order = 2
+    supports_zero_snr = False
+
+    def make_schedule(self):
+        super().make_schedule()
+        # one entry per network call: every timestep after the first is visited twice
+        ts = self.all_timesteps
+        self.all_timesteps = torch.cat([ts[:1], ts[1:].repeat_interleave(2)])  # (2 steps - 1,)
+
+    @property
+    def sigmas(self):
+        """The σ of each step from the img2img start, and the final 0: (steps run + 1,) float32."""
+        return self.all_sigmas[self.begin_index // 2 :]
+
+    def sigma_at(self, step_index):
+        """Call k of the timesteps list runs at σ_{(k+1)//2}: predictor and corrector alternate."""
+        return self.sigmas[(step_index + 1) // 2]
+
+    def sample(self, model_fn, x, generator=None, callback=None):
+        """x: (B, C, H, W) noise of std ``init_noise_sigma``; returns the sampled x_0. Deterministic."""
+        sigmas, timesteps = self.sigmas, self.timesteps
+        prediction_type, clip = self.config.prediction_type, self.config.clip_sample
+
+        def denoise(x, sigma, t):
+            denoised = denoised_from_output(model_fn(self.scale_input(x, sigma), t), x, sigma, prediction_type)
+            return denoised.clamp(-self.config.clip_sample_range, self.config.clip_sample_range) if clip else denoised
+
+        call = 0
+        for i in range(len(sigmas) - 1):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            denoised = denoise(x, sigma, timesteps[call])
+            d = to_d(x, sigma, denoised)
+            dt = sigma_next - sigma
+            x_next = self.report(callback, call, timesteps[call], x + d * dt, denoised)
+            call += 1
+            if sigma_next > 0:  # correct with the slope at σ' (the last step, down to σ' = 0, stays Euler)
+                denoised = denoise(x_next, sigma_next, timesteps[call])
+                d_next = to_d(x_next, sigma_next, denoised)
+                x_next = self.report(callback, call, timesteps[call], x + (d + d_next) / 2 * dt, denoised)
+                call += 1
+            x = x_next
+        return x
