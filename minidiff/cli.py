@@ -11,6 +11,7 @@ import sys
 # Subcommand name -> module in minidiff.commands. The order is the order ``--help`` shows.
 COMMANDS = {
     "schedule": "schedule",
+    "convert": "convert",
 }
 
 

@@ -1,0 +1,261 @@
+"""Loading and saving whole models: diffusers folders (read from and written for diffusers), single files, the
+``convert`` command, and the errors for missing, malformed or mismatched files."""
+
+import json
+import shutil
+
+import diffusers
+import pytest
+import torch
+import transformers
+
+import tiny_pipeline
+from minidiff import cli
+from minidiff.loading import CheckpointError, load_components, save_components, save_single_file
+from minidiff.loading.components import Components
+from minidiff.loading.safetensors_file import read_safetensors
+from minidiff.models.clip import CLIPTextConfig, CLIPTextModel, clip_text_state_dict
+from minidiff.models.tokenizer import EOS, CLIPTokenizer, find_openclip_vocab, load_openclip_bpe
+from minidiff.models.unet import UNet2DConditionModel, UNetConfig
+from minidiff.models.vae import AutoencoderKL, VAEConfig
+from minidiff.samplers import SchedulerConfig
+
+NETWORKS = ("text_encoder", "vae", "unet", "controlnet")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny random SD model with a ControlNet, saved by diffusers and transformers themselves."""
+    return tiny_pipeline.save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def reference(folder):
+    return reference_state_dicts(folder)
+
+
+def reference_state_dicts(path):
+    """The weights as diffusers / transformers load them, under minidiff's names."""
+    text = transformers.CLIPTextModel.from_pretrained(path / "text_encoder").state_dict()
+    return {
+        "text_encoder": clip_text_state_dict(text),
+        "vae": diffusers.AutoencoderKL.from_pretrained(path / "vae").state_dict(),
+        "unet": diffusers.UNet2DConditionModel.from_pretrained(path / "unet").state_dict(),
+        "controlnet": diffusers.ControlNetModel.from_pretrained(path / "controlnet").state_dict(),
+    }
+
+
+def assert_same_weights(components, expected, dtype=None):
+    for name, want in expected.items():
+        got = getattr(components, name).state_dict()
+        assert got.keys() == want.keys(), name
+        for key in want:
+            w = want[key].to(dtype) if dtype is not None and want[key].is_floating_point() else want[key]
+            assert got[key].dtype == w.dtype and torch.equal(got[key], w), f"{name}: {key}"
+
+
+def test_diffusers_folder_loads_every_weight_exactly(folder, reference):
+    components = load_components(folder)
+    assert_same_weights(components, reference)
+    assert components.scheduler_config == SchedulerConfig.from_json(folder / "scheduler")
+    assert components.tokenizer.vocab == CLIPTokenizer.from_pretrained(folder / "tokenizer").vocab
+    assert components.source == str(folder)
+    assert not components.unet.training
+
+
+def test_saved_folder_loads_in_diffusers_and_in_minidiff(folder, reference, tmp_path):
+    components = load_components(folder)
+    out = tmp_path / "saved"
+    save_components(components, out)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    assert_same_weights(
+        Components(None, pipe.text_encoder, pipe.vae, pipe.unet, None),
+        {k: reference[k] for k in ("vae", "unet")},
+    )
+    assert clip_text_state_dict(pipe.text_encoder.state_dict()).keys() == reference["text_encoder"].keys()
+    assert pipe.scheduler.config.prediction_type == "epsilon" and pipe.scheduler.config.steps_offset == 1
+    ids = transformers.CLIPTokenizer.from_pretrained(out / "tokenizer")("a red circle").input_ids
+    assert ids == components.tokenizer(["a red circle"]).input_ids[0, : len(ids)].tolist()
+    assert_same_weights(load_components(out), reference)
+
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_components(components, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no temporary folder left behind
+
+
+def test_dtype_and_fp16_variant(folder, reference, tmp_path):
+    half = load_components(folder, dtype=torch.float16)
+    assert_same_weights(half, reference, dtype=torch.float16)
+    out = tmp_path / "fp16"
+    save_components(half, out)
+    for weights in out.glob("*/*.safetensors"):
+        weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    with pytest.raises(CheckpointError, match=r"text_encoder: no model.safetensors.*variant='fp16'"):
+        load_components(out)
+    loaded = load_components(out, variant="fp16", dtype=torch.float16)
+    assert_same_weights(loaded, reference, dtype=torch.float16)
+
+
+def copy_of(folder, tmp_path):
+    return shutil.copytree(folder, tmp_path / "copy")
+
+
+def test_missing_paths_and_files_are_clear_errors(folder, tmp_path):
+    with pytest.raises(CheckpointError, match="no such file or folder"):
+        load_components(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors: not a Stable Diffusion .* single"):
+        load_components(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    broken = copy_of(folder, tmp_path)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(CheckpointError, match=r"missing the component folders \['vae'\]"):
+        load_components(broken)
+
+
+def test_malformed_and_unsupported_configs_are_clear_errors(folder, tmp_path):
+    broken = copy_of(folder, tmp_path)
+    config = broken / "unet" / "config.json"
+    good = config.read_text()
+    config.write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"unet/config.json: not valid JSON"):
+        load_components(broken)
+    config.write_text(json.dumps({**json.loads(good), "class_embed_type": "timestep"}))
+    with pytest.raises(CheckpointError, match=r"unet/config.json: UNet config: class_embed_type='timestep'"):
+        load_components(broken)
+    (broken / "vae" / "config.json").unlink()
+    config.write_text(good)
+    with pytest.raises(CheckpointError, match=r"vae/config.json: missing"):
+        load_components(broken)
+
+
+def test_config_that_does_not_match_the_weights_lists_the_mismatch(folder, tmp_path):
+    broken = copy_of(folder, tmp_path)
+    config = broken / "unet" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "cross_attention_dim": 32, "layers_per_block": 1}))
+    with pytest.raises(CheckpointError) as error:
+        load_components(broken)
+    message = str(error.value)
+    assert "diffusion_pytorch_model.safetensors: the weights do not fit UNet2DConditionModel" in message
+    assert "unexpected keys: down_blocks.0.resnets.1.conv1.bias" in message
+    to_k = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    assert f"shape mismatches: {to_k} (network [64, 32], file [64, 64])" in message
+
+
+def test_pickle_weights_in_a_folder_need_opt_in(folder, reference, tmp_path):
+    broken = copy_of(folder, tmp_path)
+    weights = broken / "vae" / "diffusion_pytorch_model.safetensors"
+    torch.save(read_safetensors(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="pass --allow-pickle to read the .bin file"):
+        load_components(broken)
+    with pytest.warns(UserWarning, match="pickle"):
+        loaded = load_components(broken, allow_pickle=True)
+    assert_same_weights(loaded, {"vae": reference["vae"]})
+
+
+# ------------------------------------------------------------------ single files
+
+def single_file_model(kind, seed=0):
+    """A tiny model with everything a single file can describe: SD conventions (32 norm groups, 64-dim CLIP
+    heads, the full CLIP vocabulary), so the configs read back from the shapes equal the ones built here."""
+    sd1 = kind == "sd1"
+    text = CLIPTextModel(CLIPTextConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=1,
+        hidden_act="quick_gelu" if sd1 else "gelu", projection_dim=768 if sd1 else 512,
+    ))
+    unet = UNet2DConditionModel(UNetConfig(
+        block_out_channels=(64, 128), layers_per_block=1, cross_attention_dim=64,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=8 if sd1 else (1, 2), use_linear_projection=not sd1, upcast_attention=not sd1,
+        sample_size=64 if sd1 else 96,  # SD 2.x v-prediction: 768 px
+    ))
+    vae = AutoencoderKL(VAEConfig(
+        block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=512 if sd1 else 768,
+    ))
+    g = torch.Generator().manual_seed(seed)
+    for model in (text, unet, vae):
+        for p in model.parameters():
+            p.data.normal_(0, 0.05, generator=g)
+        model.eval()
+    tokenizer = CLIPTokenizer(*load_openclip_bpe(find_openclip_vocab()), pad_token=EOS if sd1 else "!")
+    scheduler = SchedulerConfig(prediction_type="epsilon" if sd1 else "v_prediction")
+    return Components(tokenizer, text, vae, unet, scheduler)
+
+
+@pytest.mark.parametrize("kind", ["sd1", "sd2"])
+def test_single_file_round_trip(kind, tmp_path):
+    model = single_file_model(kind)
+    path = tmp_path / "model.safetensors"
+    save_single_file(model, path)
+    keys = read_safetensors(path).keys()
+    assert "model.diffusion_model.input_blocks.0.0.weight" in keys
+    assert ("cond_stage_model.model.token_embedding.weight" in keys) == (kind == "sd2")
+
+    if kind == "sd2":
+        with pytest.raises(CheckpointError, match="model.safetensors: this is an SD 2.x checkpoint.*prediction_type"):
+            load_components(path)
+    loaded = load_components(path, prediction_type=None if kind == "sd1" else "v_prediction")
+    for name in ("text_encoder", "vae", "unet"):
+        assert getattr(loaded, name).config == getattr(model, name).config, name
+    assert_same_weights(loaded, {name: getattr(model, name).state_dict() for name in ("text_encoder", "vae", "unet")})
+    assert loaded.scheduler_config.prediction_type == model.scheduler_config.prediction_type
+    assert loaded.tokenizer.pad_token == model.tokenizer.pad_token
+
+
+def test_single_file_refusals(folder, tmp_path):
+    components = load_components(folder)  # has a ControlNet and a reduced vocabulary
+    with pytest.raises(ValueError, match="ControlNet, which would be lost"):
+        save_single_file(components, tmp_path / "x.safetensors")
+    components.controlnet = None
+    with pytest.raises(ValueError, match="only as .safetensors"):
+        save_single_file(components, tmp_path / "x.ckpt")
+    # A VAE whose widths don't divide into SD's 32 norm groups cannot come back from a config-less single file.
+    components.vae = AutoencoderKL(VAEConfig(block_out_channels=(8, 16, 16, 16), norm_num_groups=8, layers_per_block=1))
+    save_single_file(components, tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match=r"x.safetensors: the VAE's block widths \[8, 16, 16, 16\] are not"):
+        load_components(tmp_path / "x.safetensors")  # single files carry no config: SD's 32 norm groups are assumed
+
+    model = single_file_model("sd1")
+    model.text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=1,
+                                                      num_attention_heads=1, intermediate_size=96))
+    save_single_file(model, tmp_path / "y.safetensors")
+    with pytest.raises(CheckpointError, match="y.safetensors: the text encoder has 1000 token embeddings but CLIP"):
+        load_components(tmp_path / "y.safetensors")
+
+
+# ------------------------------------------------------------------ the convert command
+
+def convert(*args, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "COMMANDS", {"convert": "convert"})
+    code = cli.main(["convert", *map(str, args)])
+    return code, capsys.readouterr()
+
+
+def test_convert_command(tmp_path, monkeypatch, capsys):
+    model = single_file_model("sd1", seed=1)
+    save_components(model, tmp_path / "folder")
+    weights = {name: getattr(model, name).state_dict() for name in ("text_encoder", "vae", "unet")}
+
+    code, out = convert(tmp_path / "folder", tmp_path / "model.safetensors", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0 and "wrote" in out.out
+    code, out = convert(tmp_path / "model.safetensors", tmp_path / "half", "--dtype", "float16",
+                        monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0
+    half_unet = read_safetensors(tmp_path / "half" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert half_unet["conv_in.weight"].dtype == torch.float16
+    assert_same_weights(load_components(tmp_path / "half", dtype=torch.float16), weights, dtype=torch.float16)
+
+    pickle_file = tmp_path / "model.ckpt"
+    torch.save({"state_dict": read_safetensors(tmp_path / "model.safetensors")}, pickle_file)
+    code, out = convert(pickle_file, tmp_path / "from-ckpt", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1 and "refusing to read a pickle checkpoint" in out.err and "--allow-pickle" in out.err
+    assert not (tmp_path / "from-ckpt").exists()
+    with pytest.warns(UserWarning, match="pickle"):
+        code, out = convert(pickle_file, tmp_path / "from-ckpt", "--allow-pickle", monkeypatch=monkeypatch,
+                            capsys=capsys)
+    assert code == 0
+    assert_same_weights(load_components(tmp_path / "from-ckpt"), weights)
+
+    code, out = convert(tmp_path / "folder", tmp_path / "half", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1 and "already exists" in out.err
