@@ -220,7 +220,8 @@ def test_fuzz_header_fields(valid_file, tmp_path, data):
         if field is None:
             header[name] = data.draw(VALUES)
         elif field == "same-size dtype":  # still a valid file: F32 -> I32, F16 -> BF16...
-            if not isinstance(header[name], dict) or header[name].get("dtype") not in DTYPES:
+            if not isinstance(header[name], dict) or not isinstance(header[name].get("dtype"), str) \
+                        or header[name]["dtype"] not in DTYPES:
                 continue
             size = DTYPES[header[name]["dtype"]].itemsize
             header[name]["dtype"] = data.draw(st.sampled_from([d for d, t in DTYPES.items() if t.itemsize == size]))
