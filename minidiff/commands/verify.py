@@ -1,0 +1,37 @@
+"""``python -m minidiff verify PATH``: check that minidiff computes what diffusers and transformers compute with
+the model at PATH (a diffusers folder or a single checkpoint file); exits 0 only if every check passes.
+
+    python -m minidiff verify weights/
+    python -m minidiff verify v1-5-pruned-emaonly.safetensors --device cuda --dtype float16
+
+See minidiff/verify.py for what is compared and the tolerances.
+"""
+
+HELP = "compare minidiff with diffusers/transformers on a checkpoint (every network and every sampler)"
+
+
+def add_arguments(parser):
+    parser.add_argument("path", help="a diffusers model folder or a single checkpoint file")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                        help="dtype of both libraries' networks (tolerances grow with lower precision)")
+    parser.add_argument("--steps", type=int, default=3, help="sampler steps of each short run")
+    parser.add_argument("--size", type=int, default=None, help="picture side in pixels (default 64)")
+    parser.add_argument("--allow-pickle", action="store_true", help="read a pickle checkpoint you trust")
+    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
+                        help="what the U-Net predicts; required for SD 2.x single files")
+
+
+def run(args):
+    import torch
+
+    from minidiff.verify import verify
+
+    checks = verify(args.path, device=args.device, dtype=getattr(torch, args.dtype), steps=args.steps,
+                    size=args.size, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)
+    failed = [check.name for check in checks if not check.passed]
+    if failed:
+        print(f"FAILED: {len(failed)} of {len(checks)} checks ({', '.join(failed)})")
+        return 1
+    print(f"all {len(checks)} checks passed")
+    return 0

@@ -1,0 +1,43 @@
+"""Text to image: start from pure noise and let the guided U-Net denoise it towards the prompt.
+
+    x_T = ε · init_noise_sigma,  ε ~ N(0, I) of shape (B, 4, H/8, W/8)
+    for each t:  x <- sampler step(x, ε_u + s (ε_c - ε_u))          (classifier-free guidance, s = guidance_scale)
+    image = VAE decoder(x_0 / scaling_factor)
+
+Matches diffusers' ``StableDiffusionPipeline`` for the same seed and scheduler.
+"""
+
+import torch
+
+from minidiff.pipelines.base import PipelineBase, make_generator
+from minidiff.samplers import make_sampler
+
+
+class TextToImage(PipelineBase):
+    @torch.no_grad()
+    def text_to_image(self, prompt, negative_prompt=None, steps=25, sampler="euler", karras=False, eta=0.0,
+                      guidance_scale=7.5, seed=None, generator=None, width=None, height=None,
+                      num_images_per_prompt=1, clip_skip=None, callback=None, return_trajectory=False,
+                      progress=True):
+        """prompt (str or list of P str) -> PipelineResult with images (P * num_images_per_prompt, 3, H, W).
+
+        negative_prompt: the text to steer away from (default ""); sampler: one of ``SAMPLER_NAMES``; karras:
+        Karras σ spacing; eta: DDIM's noise; width/height: multiples of 8, default the U-Net's native size;
+        clip_skip: condition on an earlier CLIP layer; callback(i, t, x, x0_pred) after each call may return a
+        new x; return_trajectory: keep every step's latents and x_0 prediction; progress: show a progress bar.
+        """
+        self.check_plain_unet("text_to_image")
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        width, height = width or native, height or native
+        self.check_size(width, height)
+        generator, seed = make_generator(seed, generator)
+        context, batch = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt, guidance_scale,
+                                            clip_skip)
+        sampler = make_sampler(sampler, self.scheduler_config, steps, karras=karras, eta=eta)
+
+        f = self.vae_scale_factor
+        shape = (batch, self.vae.config.latent_channels, height // f, width // f)
+        latents = self.noise(shape, generator) * sampler.init_noise_sigma  # (B, 4, h, w)
+        model_fn = self.guided_unet(context, guidance_scale)
+        return self.run(sampler, model_fn, latents, generator, seed, callback=callback,
+                        return_trajectory=return_trajectory, progress=progress)

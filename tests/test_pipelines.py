@@ -1,0 +1,272 @@
+"""minidiff's pipelines reproduce diffusers' Stable Diffusion pipelines image for image.
+
+Both sides load the same tiny random model (tests/tiny_pipeline.py) and run with the same seed, sampler and
+settings; the images (float32, in [0, 1], before rounding to 8 bits) must agree within TOL max abs error.
+Every comparison also checks that the images are not trivially equal (mostly unclamped, not constant).
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_pipeline import tiny_model
+
+from minidiff.pipelines import StableDiffusion
+
+TOL = 1e-4  # max abs error on [0, 1] images, float32
+# Each of diffusers' scheduler families once: deterministic, ancestral (fresh noise), ᾱ-space, multistep + Karras.
+SAMPLERS = [("euler", False), ("euler_a", False), ("ddim", False), ("dpmpp_2m", True)]
+NEGATIVES = [None, "a blue square"]
+PROMPTS = ["a red circle", "a big yellow star"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks run faster on one thread (and the numbers do not depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def sd(tiny):
+    return StableDiffusion.from_pretrained(tiny.path)
+
+
+@pytest.fixture(scope="module")
+def sd_inpaint(tiny):
+    return StableDiffusion.from_pretrained(tiny.inpaint_path)
+
+
+def picture(width, height, seed=0):
+    """A smooth random RGB picture (bilinearly upsampled noise), so the VAE sees structure, not just noise."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(1, 3, height // 8, width // 8, generator=g)
+    big = torch.nn.functional.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
+    return Image.fromarray((big[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def rectangle_mask(width, height, box):
+    """White (repaint) inside box = (left, top, right, bottom), black elsewhere."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    left, top, right, bottom = box
+    mask[top:bottom, left:right] = 255
+    return Image.fromarray(mask)
+
+
+def generator(seed=0):
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def assert_close(ours, expected):
+    assert ours.shape == expected.shape
+    assert ((expected > 0) & (expected < 1)).float().mean() > 0.5, "reference images are mostly clamped"
+    assert expected.std() > 0.05, "reference images are nearly constant"
+    error = (ours - expected).abs().max().item()
+    assert error <= TOL, f"max abs error {error:.3g} > {TOL}"
+
+
+@pytest.mark.parametrize("sampler,karras", SAMPLERS)
+@pytest.mark.parametrize("negative", NEGATIVES)
+def test_text_to_image_matches_diffusers(tiny, sd, sampler, karras, negative):
+    reference = tiny.reference("text_to_image", sampler, karras)
+    settings = dict(guidance_scale=7.5, width=64, height=32, num_images_per_prompt=2)
+    expected = reference(PROMPTS, negative_prompt=negative and [negative] * 2, num_inference_steps=5,
+                         generator=generator(), output_type="pt", **settings).images
+    ours = sd.text_to_image(PROMPTS, negative_prompt=negative, steps=5, sampler=sampler, karras=karras, seed=0,
+                            progress=False, **settings)
+    assert_close(ours.images, expected)
+
+
+@pytest.mark.parametrize("sampler,karras", SAMPLERS)
+@pytest.mark.parametrize("negative", NEGATIVES)
+def test_image_to_image_matches_diffusers(tiny, sd, sampler, karras, negative):
+    reference = tiny.reference("image_to_image", sampler, karras)
+    image = picture(32, 48)
+    expected = reference("a red circle", image=image, strength=0.7, negative_prompt=negative, num_inference_steps=6,
+                         num_images_per_prompt=2, generator=generator(1), output_type="pt").images
+    ours = sd.image_to_image("a red circle", image, strength=0.7, negative_prompt=negative, steps=6, sampler=sampler,
+                             karras=karras, num_images_per_prompt=2, seed=1, progress=False)
+    assert_close(ours.images, expected)
+
+
+@pytest.mark.parametrize("sampler,karras", SAMPLERS)
+@pytest.mark.parametrize("negative", NEGATIVES)
+@pytest.mark.parametrize("unet_channels", [4, 9])
+def test_inpaint_matches_diffusers(tiny, sd, sd_inpaint, sampler, karras, negative, unet_channels):
+    nine = unet_channels == 9
+    reference = tiny.reference("inpaint", sampler, karras, inpaint_unet=nine)
+    image, mask = picture(48, 32, seed=2), rectangle_mask(48, 32, (8, 4, 40, 20))
+    strength = 1.0 if negative is None else 0.8  # both starts: pure noise, and the noised picture
+    expected = reference(PROMPTS, image=image, mask_image=mask, width=48, height=32, strength=strength,
+                         negative_prompt=negative and [negative] * 2, num_inference_steps=5,
+                         generator=generator(2), output_type="pt").images
+    ours = (sd_inpaint if nine else sd).inpaint(PROMPTS, image, mask, strength=strength, negative_prompt=negative,
+                                                steps=5, sampler=sampler, karras=karras, seed=2, progress=False)
+    assert_close(ours.images, expected)
+
+
+@pytest.mark.parametrize("sampler,karras", SAMPLERS)
+@pytest.mark.parametrize("negative", NEGATIVES)
+def test_controlnet_matches_diffusers(tiny, sd, sampler, karras, negative):
+    reference = tiny.reference("control", sampler, karras)
+    edges = rectangle_mask(32, 40, (4, 8, 28, 30)).convert("RGB")
+    window = dict(guidance_start=0.2, guidance_end=0.8)  # 5 steps: the ControlNet acts on calls 1, 2 and 3 only
+    expected = reference("a red circle", image=edges, negative_prompt=negative, num_inference_steps=5,
+                         controlnet_conditioning_scale=0.8, control_guidance_start=0.2, control_guidance_end=0.8,
+                         generator=generator(3), output_type="pt").images
+    ours = sd.control("a red circle", edges, controlnet_scale=0.8, negative_prompt=negative, steps=5,
+                      sampler=sampler, karras=karras, seed=3, progress=False, **window)
+    assert_close(ours.images, expected)
+    without = sd.control("a red circle", edges, controlnet_scale=0.0, negative_prompt=negative, steps=5,
+                         sampler=sampler, karras=karras, seed=3, progress=False, **window)
+    assert (without.images - ours.images).abs().max() > 1e-3, "the ControlNet changed nothing"
+
+
+def test_outpaint_is_diffusers_inpainting_of_the_padded_canvas(tiny, sd_inpaint):
+    image = picture(32, 32, seed=4)
+    canvas = Image.fromarray(np.pad(np.asarray(image), ((8, 0), (16, 0), (0, 0)), mode="edge"))  # left 16, top 8
+    mask = Image.fromarray(np.pad(np.zeros((32, 32), np.uint8), ((8, 0), (16, 0)), constant_values=255))
+    reference = tiny.reference("inpaint", "euler", inpaint_unet=True)
+    expected = reference("a red circle", image=canvas, mask_image=mask, width=48, height=40, num_inference_steps=4,
+                         generator=generator(4), output_type="pt").images
+    ours = sd_inpaint.outpaint("a red circle", image, left=16, top=8, steps=4, seed=4, progress=False)
+    assert_close(ours.images, expected)
+
+
+def test_clip_skip_matches_diffusers(tiny, sd):
+    reference = tiny.reference("text_to_image")
+    # diffusers 0.42 reads text_encoder.text_model.final_layer_norm; transformers 5 keeps the layers at the top level
+    encoder = reference.text_encoder
+    object.__setattr__(encoder, "text_model", SimpleNamespace(final_layer_norm=encoder.final_layer_norm))
+    expected = reference("a red circle", clip_skip=1, num_inference_steps=3, width=32, height=32,
+                         generator=generator(5), output_type="pt").images
+    ours = sd.text_to_image("a red circle", clip_skip=1, steps=3, width=32, height=32, seed=5, progress=False)
+    assert_close(ours.images, expected)
+    plain = sd.text_to_image("a red circle", steps=3, width=32, height=32, seed=5, progress=False)
+    assert (plain.images - ours.images).abs().max() > 1e-3
+
+
+def test_same_seed_gives_bit_identical_images_and_other_seeds_differ(sd):
+    run = dict(steps=3, width=32, height=32, sampler="euler_a", progress=False)
+    first, again = sd.text_to_image("a red circle", seed=7, **run), sd.text_to_image("a red circle", seed=7, **run)
+    assert torch.equal(first.images, again.images)
+    assert (sd.text_to_image("a red circle", seed=8, **run).images - first.images).abs().max() > 1e-3
+
+
+def test_a_run_without_seed_reports_the_seed_that_repeats_it(sd):
+    run = dict(steps=2, width=32, height=32, progress=False)
+    first = sd.text_to_image("a red circle", **run)
+    assert isinstance(first.seed, int)
+    assert torch.equal(sd.text_to_image("a red circle", seed=first.seed, **run).images, first.images)
+
+
+def test_guidance_scale_one_runs_the_unet_on_the_prompt_batch_only(sd):
+    batches = []
+    hook = sd.unet.register_forward_hook(lambda module, args, out: batches.append(out.shape[0]))
+    try:
+        sd.text_to_image(PROMPTS, guidance_scale=1.0, steps=2, width=32, height=32, seed=0, progress=False)
+        sd.text_to_image(PROMPTS, guidance_scale=2.0, steps=2, width=32, height=32, seed=0, progress=False)
+    finally:
+        hook.remove()
+    assert batches == [2, 2, 4, 4]
+
+
+def test_empty_prompt_is_unconditional_generation(sd):
+    result = sd.text_to_image("", steps=2, width=32, height=32, seed=0, progress=False)
+    assert result.images.shape == (1, 3, 32, 32)
+
+
+def test_long_prompt_is_truncated_with_a_warning_naming_the_dropped_tokens(sd):
+    prompt = "a red circle " * 30  # 90 tokens: 75 fit between the start and end tokens
+    with pytest.warns(UserWarning, match="its last 15 tokens were dropped"):
+        sd.text_to_image(prompt, steps=1, width=32, height=32, seed=0, progress=False)
+
+
+def test_size_not_a_multiple_of_8_names_the_nearest_valid_sizes(sd):
+    with pytest.raises(ValueError, match="width must be a positive multiple of 8 pixels, got 60; .* 56 or 64"):
+        sd.text_to_image("a red circle", width=60, height=32, progress=False)
+    with pytest.raises(ValueError, match="height .* got 4; the smallest valid height is 8"):
+        sd.image_to_image("a red circle", picture(32, 32).resize((32, 4)), progress=False)
+
+
+def test_zero_steps_is_an_error(sd):
+    with pytest.raises(ValueError, match="steps must be an integer from 1"):
+        sd.text_to_image("a red circle", steps=0, width=32, height=32, progress=False)
+
+
+def test_mask_of_another_size_is_an_error(sd):
+    with pytest.raises(ValueError, match="the mask is 32x24 px but the image is 32x32 px"):
+        sd.inpaint("a red circle", picture(32, 32), rectangle_mask(32, 24, (0, 0, 8, 8)), progress=False)
+
+
+def test_nan_in_the_latents_names_the_step_where_it_appeared(sd):
+    calls = []
+
+    def poison(module, args, out):
+        calls.append(1)
+        return out * float("nan") if len(calls) == 3 else out
+
+    hook = sd.unet.register_forward_hook(poison)
+    try:
+        with pytest.raises(FloatingPointError, match="NaN or infinite at step 3 of 4"):
+            sd.text_to_image("a red circle", steps=4, width=32, height=32, seed=0, progress=False)
+    finally:
+        hook.remove()
+
+
+def test_trajectory_holds_every_step_and_ends_at_the_result(sd):
+    result = sd.text_to_image("a red circle", steps=4, width=32, height=32, seed=0, return_trajectory=True,
+                              progress=False)
+    trajectory = result.trajectory
+    assert len(trajectory.latents) == len(trajectory.predicted_x0) == len(trajectory.timesteps) == 4
+    assert trajectory.start.shape == (1, 4, 4, 4)
+    assert torch.equal(trajectory.latents[-1], result.latents)
+    assert trajectory.timesteps == sorted(trajectory.timesteps, reverse=True)
+
+
+def test_callback_sees_every_step_and_may_replace_the_latents(sd):
+    seen = []
+
+    def callback(i, t, x, x0):
+        seen.append(i)
+        return torch.zeros_like(x) if i == 1 else None
+
+    zeroed = sd.text_to_image("a red circle", steps=3, width=32, height=32, seed=0, callback=callback, progress=False)
+    assert seen == [0, 1, 2]
+    plain = sd.text_to_image("a red circle", steps=3, width=32, height=32, seed=0, progress=False)
+    assert (zeroed.images - plain.images).abs().max() > 1e-3
+
+
+def test_to_pil_rounds_to_the_nearest_8_bit_level(sd):
+    result = sd.text_to_image("a red circle", steps=2, width=32, height=24, seed=0, num_images_per_prompt=2,
+                              progress=False)
+    pictures = result.to_pil()
+    assert len(pictures) == 2 and pictures[0].size == (32, 24)
+    expected = (result.images[1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(np.asarray(pictures[1]), expected)
+
+
+def test_tasks_that_need_other_networks_say_so(sd, sd_inpaint):
+    with pytest.raises(ValueError, match="inpainting model.*use inpaint or outpaint"):
+        sd_inpaint.text_to_image("a red circle", width=32, height=32, progress=False)
+    with pytest.raises(ValueError, match="no ControlNet"):
+        sd_inpaint.control("a red circle", picture(32, 32), progress=False)
+
+
+@pytest.mark.parametrize("pads,message", [
+    (dict(), "not all 0"),
+    (dict(left=-8), ">= 0"),
+    (dict(left=4), "width would be 36 px, not a multiple of 8: add 4"),
+])
+def test_outpaint_rejects_bad_padding(sd_inpaint, pads, message):
+    with pytest.raises(ValueError, match=message):
+        sd_inpaint.outpaint("a red circle", picture(32, 32), progress=False, **pads)
