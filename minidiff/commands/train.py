@@ -1,0 +1,43 @@
+"""``python -m minidiff train STAGE``: train the bundled shapes model from scratch, one stage at a time.
+
+    python -m minidiff train vae --device cuda            # 1. autoencoder
+    python -m minidiff train clip --device cuda           # 2. text encoder (with an image tower)
+    python -m minidiff train unet --device cuda           # 3. denoiser (needs 1 and 2)
+    python -m minidiff train controlnet --device cuda     # 4. edge ControlNet (needs 1, 2 and 3)
+    python -m minidiff train export --to weights          # 5. write the diffusers folder
+
+Checkpoints, loss plots and logs go to --out (default runs/bundled); a stopped stage resumes where it was.
+The recipe (sizes, steps, learning rates) lives in minidiff/train/bundled.py.
+"""
+
+HELP = "train the bundled shapes model from scratch: vae, clip, unet, controlnet, then export"
+
+
+def add_arguments(parser):
+    parser.add_argument("stage", choices=("vae", "clip", "unet", "controlnet", "export"), help="what to do")
+    parser.add_argument("--out", default="runs/bundled", help="folder for checkpoints, logs and loss plots")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--steps", type=int, help="total steps of the stage (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the scenes and the noise")
+    parser.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this many minutes")
+    parser.add_argument("--to", default="weights", help="export: the model folder to write (must not exist)")
+
+
+def run(args):
+    import torch
+
+    from minidiff.train import bundled
+
+    if args.stage == "export":
+        folder = bundled.export_checkpoints(args.out, args.to)
+        print(f"wrote {folder}")
+        return 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr))
+                 if v is not None}
+    time_limit = args.minutes * 60 if args.minutes is not None else None
+    bundled.run_stage(args.stage, args.out, device=device, seed=args.seed, time_limit=time_limit, **overrides)
+    print(f"{args.stage}: checkpoint, log and loss plot in {args.out}")
+    return 0

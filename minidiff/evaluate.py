@@ -1,0 +1,170 @@
+"""Measure how well a model draws what it is asked for, in the shapes world where the answer can be checked.
+
+    1. prompts    single objects ("a red circle", every colour x shape) and pairs in a relation
+                  ("a red circle above a blue square"), drawn from a seeded generator
+    2. images     generated in batches, one seed per sample
+    3. detection  ``minidiff.data.detect`` reads each picture back into colours, shapes and positions and
+                  ``score`` says which requests of the prompt the picture meets
+    4. CLIP score 100 * cos(image embedding, prompt embedding) with the CLIP trained beside the model
+                  (weights/clip/), when the model folder has one
+
+ControlNet: edges of rendered scenes are the condition; the Canny edges of the generated picture are compared
+with them. Edge F1 = 2PR / (P + R), where an edge pixel counts as matched if the other map has an edge within
+one pixel. The same prompts without the ControlNet give the baseline.
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minidiff.canny import canny, dilate
+from minidiff.data.captions import COLORS, RELATION_PHRASES, RELATIONS, SHAPES, parse_prompt, with_article
+from minidiff.data.detect import detect_objects, score
+from minidiff.data.shapes import render_scenes, sample_scene
+
+# The per-attribute rates the table shows, for each kind of prompt.
+COLUMNS = {"single": ("color", "shape", "count", "all"), "pair": ("color", "shape", "relation", "count", "all")}
+
+
+def make_prompts(n, seed=0):
+    """n prompts, alternating a single object (colour x shape, in turn) and a related pair (random).
+
+    Returns a list of (kind, prompt) with kind "single" or "pair"; the pair's objects differ in colour.
+    """
+    rng = np.random.default_rng(seed)
+    singles = [with_article(f"{c} {s}") for c in COLORS for s in SHAPES]
+    prompts = []
+    for i in range(n):
+        if i % 2 == 0:
+            prompts.append(("single", singles[(i // 2) % len(singles)]))
+            continue
+        a, b = rng.choice(len(COLORS), 2, replace=False)
+        s, t = rng.choice(len(SHAPES), 2)
+        relation = RELATION_PHRASES[RELATIONS[rng.integers(len(RELATIONS))]][0]
+        prompts.append(("pair", f"{with_article(f'{COLORS[a]} {SHAPES[s]}')} {relation} "
+                                f"{with_article(f'{COLORS[b]} {SHAPES[t]}')}"))
+    return prompts
+
+
+def to_uint8(images):
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, as the detector reads pictures."""
+    return (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def generate(sd, prompts, seed, sampler, steps, guidance, batch_size=16, control=None):
+    """Images (N, 3, H, W) in [0, 1] for N prompts; sample i uses seed + i. control: (N, 3, H, W) edges or None."""
+    batch_size = 1 if control is not None else batch_size  # the pipeline takes one control picture per call
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        # One generator per sample, so a sample does not depend on the batch it happens to be in.
+        generator = [torch.Generator("cpu").manual_seed(seed + start + i) for i in range(len(batch))]
+        options = dict(steps=steps, sampler=sampler, guidance_scale=guidance, generator=generator, progress=False)
+        if control is None:
+            result = sd.text_to_image(batch, **options)
+        else:
+            result = sd.control(batch, control[start : start + len(batch)], **options)
+        images.append(result.images)
+    return torch.cat(images)
+
+
+class CLIPScorer:
+    """The CLIP trained with the model: ``__call__(images in [0, 1], prompts) -> 100 * cos`` per sample."""
+
+    def __init__(self, folder, sd):
+        from minidiff.loading.safetensors_file import read_safetensors
+        from minidiff.train.clip import ImageTower, ImageTowerConfig
+
+        with open(os.path.join(folder, "clip", "config.json")) as f:
+            config = json.load(f)
+        weights = read_safetensors(os.path.join(folder, "clip", "model.safetensors"))
+        self.tower = ImageTower(ImageTowerConfig.from_dict(config["image_tower"]))
+        self.tower.load_state_dict({k[len("vision_model."):]: v.float() for k, v in weights.items()
+                                    if k.startswith("vision_model.")})
+        self.visual_projection = weights["visual_projection.weight"].float()  # (P, embed_dim)
+        self.text_projection = weights["text_projection.weight"].float()  # (P, hidden)
+        self.sd = sd
+
+    @torch.no_grad()
+    def __call__(self, images, prompts):
+        v = F.normalize(self.tower(images.float() * 2 - 1) @ self.visual_projection.T, dim=-1)  # (N, P)
+        ids = self.sd.tokenizer(prompts).input_ids.to(self.sd.device)
+        pooled = self.sd.text_encoder(ids).pooler_output.float().cpu()  # (N, hidden)
+        t = F.normalize(pooled @ self.text_projection.T, dim=-1)
+        return 100 * (v * t).sum(-1)  # (N,)
+
+
+def attribute_rates(prompts, images):
+    """Per kind of prompt: the fraction of samples meeting each request, plus the sample count."""
+    results = {}
+    for (kind, prompt), image in zip(prompts, to_uint8(images)):
+        checks = score(parse_prompt(prompt), detect_objects(image))
+        entry = results.setdefault(kind, {"samples": 0, **{c: 0.0 for c in COLUMNS[kind]}})
+        entry["samples"] += 1
+        for column in COLUMNS[kind]:
+            entry[column] += bool(checks.get(column, False))
+    for entry in results.values():
+        for column in entry:
+            if column != "samples":
+                entry[column] /= entry["samples"]
+    return results
+
+
+def edge_f1(predicted, target):
+    """F1 of two boolean edge maps (B, H, W), with a one-pixel tolerance each way. Returns (B,)."""
+    precision = (predicted & dilate(target)).flatten(1).sum(1) / predicted.flatten(1).sum(1).clamp(min=1)
+    recall = (target & dilate(predicted)).flatten(1).sum(1) / target.flatten(1).sum(1).clamp(min=1)
+    return 2 * precision * recall / (precision + recall).clamp(min=1e-9)
+
+
+def control_f1(sd, samples, seed, sampler, steps, guidance):
+    """Mean edge F1 of generated pictures against the Canny edges of rendered scenes, with and without the ControlNet.
+
+    The prompt is each scene's caption, so both runs are asked for the same picture; only one sees its edges.
+    """
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(samples)]
+    size = sd.unet.config.sample_size * sd.vae_scale_factor
+    target = canny(render_scenes(scenes, size)) > 0  # (N, 1, H, W)
+    prompts = [scene.caption for scene in scenes]
+    scores = {}
+    for name, control in (("controlnet", target.float().expand(-1, 3, -1, -1)), ("no control", None)):
+        images = generate(sd, prompts, seed, sampler, steps, guidance, control=control)
+        edges = canny(images) > 0
+        scores[name] = float(edge_f1(edges[:, 0], target[:, 0]).mean())
+    return scores
+
+
+def evaluate(model, samples=200, seed=0, sampler="dpmpp_2m", steps=20, guidance=5.0, control_samples=0,
+             device="cpu"):
+    """Generate ``samples`` pictures from ``make_prompts`` and score them; returns a JSON-ready dict."""
+    from minidiff.pipelines import StableDiffusion
+
+    sd = StableDiffusion.from_pretrained(model, device=device)
+    prompts = make_prompts(samples, seed)
+    images = generate(sd, [p for _, p in prompts], seed, sampler, steps, guidance)
+    report = {"model": str(model), "samples": samples, "seed": seed, "sampler": sampler, "steps": steps,
+              "guidance": guidance, "attributes": attribute_rates(prompts, images)}
+    if os.path.isdir(os.path.join(model, "clip")):
+        clip_score = CLIPScorer(model, sd)(images.cpu(), [p for _, p in prompts])
+        report["clip_score"] = {kind: float(clip_score[[k == kind for k, _ in prompts]].mean())
+                                for kind in COLUMNS if any(k == kind for k, _ in prompts)}
+    if control_samples and sd.controlnet is not None:
+        report["edge_f1"] = control_f1(sd, control_samples, seed, sampler, steps, guidance)
+    return report, images
+
+
+def format_table(report):
+    """The report as a small text table: one row per kind of prompt, one column per request (percent)."""
+    lines = [f"{report['samples']} samples, {report['sampler']} {report['steps']} steps, guidance {report['guidance']}, "
+             f"seed {report['seed']}"]
+    for kind, entry in report["attributes"].items():
+        cells = "  ".join(f"{c} {100 * entry[c]:5.1f}%" for c in COLUMNS[kind])
+        clip = report.get("clip_score", {}).get(kind)
+        lines.append(f"{kind:6s} (n={entry['samples']:3d})  {cells}" + (f"  clip {clip:5.1f}" if clip else ""))
+    if "edge_f1" in report:
+        lines.append("edge F1: " + ", ".join(f"{k} {v:.3f}" for k, v in report["edge_f1"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""Stage 2: train a small CLIP, so the text encoder's features describe what the pictures show.
+
+A text tower f (Stable Diffusion's CLIP text transformer) and an image tower g (a small convnet) map a
+batch of N captions and N images to unit vectors t_i = P_t f(c_i) / |.| and v_j = P_v g(x_j) / |.|.
+With logits s_ij = exp(tau) * <v_i, t_j>, the symmetric InfoNCE loss is
+
+    L_CLIP = 1/2 [ CE(s, Y) + CE(s^T, Y^T) ],   Y_ij = [c_i == c_j] / #{k : c_k == c_i}
+
+i.e. each image must pick its caption among the batch's captions, and each caption its image. The
+targets Y are usually the identity; when a caption occurs twice in a batch, both of its images count as
+right. Only the text tower goes into the Stable Diffusion model (frozen); the image tower and the two
+projections are kept for the CLIP score of ``minidiff evaluate``.
+"""
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minidiff.models.clip import CLIPTextModel
+from minidiff.train.common import TrainConfig, fit, render
+
+
+@dataclasses.dataclass
+class CLIPTrainConfig(TrainConfig):
+    steps: int = 4000
+    batch_size: int = 512
+    lr: float = 5e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+
+
+@dataclasses.dataclass
+class ImageTowerConfig:
+    """A convnet: stride-2 convolutions from 128x128 down to 4x4, then flatten (keeps position) and project."""
+
+    image_size: int = 128
+    channels: tuple = (32, 64, 128, 256, 256)
+    embed_dim: int = 256
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{**d, "channels": tuple(d["channels"])})
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+class ImageTower(nn.Module):
+    """x (B, 3, S, S) in [-1, 1] -> image embedding (B, embed_dim), not normalised.
+
+    Each stage: conv 3x3 stride 2 -> GroupNorm -> SiLU -> conv 3x3 -> GroupNorm -> SiLU. The final 4x4 map
+    is flattened rather than averaged so that "above" and "left of" stay visible.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        layers, c_in = [], 3
+        for c in config.channels:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
+                       nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU()]
+            c_in = c
+        self.convs = nn.Sequential(*layers)
+        side = config.image_size // 2 ** len(config.channels)
+        self.proj = nn.Linear(c_in * side * side, config.embed_dim)
+
+    def forward(self, x):
+        return self.proj(self.convs(x).flatten(1))  # (B, C, s, s) -> (B, C*s*s) -> (B, embed_dim)
+
+
+class CLIP(nn.Module):
+    """The two towers with their projections to a shared space and the learned temperature tau.
+
+    ``text_projection`` is bias-free, as in CLIP, so it loads into a CLIPTextModelWithProjection.
+    """
+
+    def __init__(self, text_config, image_config, projection_dim=256):
+        super().__init__()
+        self.text_model = CLIPTextModel(text_config)
+        self.vision_model = ImageTower(image_config)
+        self.text_projection = nn.Linear(text_config.hidden_size, projection_dim, bias=False)
+        self.visual_projection = nn.Linear(image_config.embed_dim, projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def embed_text(self, input_ids):
+        """input_ids (B, 77) -> unit vectors (B, projection_dim), from the pooled (end-of-text) token."""
+        pooled = self.text_model(input_ids).pooler_output  # (B, hidden)
+        return F.normalize(self.text_projection(pooled), dim=-1)
+
+    def embed_images(self, images):
+        """images (B, 3, S, S) in [-1, 1] -> unit vectors (B, projection_dim)."""
+        return F.normalize(self.visual_projection(self.vision_model(images)), dim=-1)
+
+
+def clip_loss(model, images, input_ids):
+    """Symmetric InfoNCE over the batch; identical captions share the target mass. Returns a scalar."""
+    v = model.embed_images(images)  # (N, D)
+    t = model.embed_text(input_ids)  # (N, D)
+    with torch.autocast(v.device.type, enabled=False):  # logits up to 100: bfloat16 would round them to ~0.5
+        logits = model.logit_scale.exp().clamp(max=100) * v.float() @ t.float().T  # (N, N): image i vs caption j
+    same = (input_ids[:, None, :] == input_ids[None, :, :]).all(-1).float()  # (N, N): caption i == caption j
+    targets = same / same.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+class TokenCache:
+    """Tokenise captions once: the caption grammar is small, so most captions repeat.
+
+    ``__call__(captions) -> input_ids (B, 77)`` on ``device``.
+    """
+
+    def __init__(self, tokenizer, device):
+        self.tokenizer, self.device, self.ids = tokenizer, device, {}
+
+    def __call__(self, captions):
+        for c in captions:
+            if c not in self.ids:
+                self.ids[c] = self.tokenizer(c).input_ids[0]  # (77,)
+        return torch.stack([self.ids[c] for c in captions]).to(self.device)
+
+
+def train_clip(text_config, image_config, tokenizer, config, out_dir, projection_dim=256, resume=True,
+               time_limit=None):
+    """Train both towers from scratch with ``clip_loss``; returns the CLIP module."""
+    torch.manual_seed(config.seed)
+    model = CLIP(text_config, image_config, projection_dim)
+    device = torch.device(config.device)
+    tokens = TokenCache(tokenizer, device)
+
+    def loss_fn(scenes, generator):
+        images, captions = render(scenes, config, device)
+        return clip_loss(model, images, tokens(captions))
+
+    fit("clip", model, loss_fn, config, out_dir, resume=resume, time_limit=time_limit)
+    return model

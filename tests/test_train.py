@@ -1,0 +1,221 @@
+"""Training: each stage runs on tiny networks, stopping and resuming changes nothing, a fresh ControlNet adds
+nothing, and an exported model loads in minidiff, transformers and diffusers.
+
+Everything runs on 32x32 scenes with networks a few thousand parameters wide, so the file takes seconds.
+"""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from minidiff.models.clip import CLIPTextConfig, CLIPTextModel
+from minidiff.models.controlnet import ControlNetModel
+from minidiff.models.unet import UNet2DConditionModel, UNetConfig
+from minidiff.models.vae import AutoencoderKL, VAEConfig
+from minidiff.schedule import NoiseSchedule
+from minidiff.train import bundled
+from minidiff.train.clip import CLIP, CLIPTrainConfig, ImageTowerConfig, clip_loss, train_clip
+from minidiff.train.common import EMA, TrainConfig, fit, load_checkpoint, slim_checkpoint
+from minidiff.train.controlnet import ControlNetTrainConfig, edge_condition, train_controlnet
+from minidiff.train.unet import LatentBatches, UNetTrainConfig, train_unet
+from minidiff.train.vae import VAETrainConfig, train_vae
+
+SIZE = 32  # pixels; the four-block VAE below maps them to 4 x 4 x 4 latents, as the bundled one does 128 -> 16
+TINY = dict(batch_size=4, image_size=SIZE, log_every=4, checkpoint_every=1000, warmup_steps=4)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return bundled.make_tokenizer()
+
+
+def tiny_vae_config():
+    return VAEConfig(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8, sample_size=SIZE)
+
+
+def tiny_text_config(tokenizer):
+    return dataclasses.replace(bundled.text_config(tokenizer), hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=2, projection_dim=32)
+
+
+def tiny_unet_config():
+    return UNetConfig(sample_size=SIZE // 8, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                      down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=2)
+
+
+def tiny_tower_config():
+    return ImageTowerConfig(image_size=SIZE, channels=(8, 16, 16), embed_dim=32)
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory, tokenizer):
+    """Run the four stages for a few steps each, as the recipe chains them; returns the networks and losses."""
+    out = str(tmp_path_factory.mktemp("run"))
+    torch.manual_seed(0)
+    vae_cfg = VAETrainConfig(steps=24, lr=3e-3, **TINY)
+    vae = train_vae(tiny_vae_config(), vae_cfg, out)
+    clip_cfg = CLIPTrainConfig(steps=16, lr=2e-3, **{**TINY, "batch_size": 8})
+    clip = train_clip(tiny_text_config(tokenizer), tiny_tower_config(), tokenizer, clip_cfg, out, projection_dim=32)
+    schedule = NoiseSchedule.from_config(bundled.scheduler_config())
+    unet_cfg = UNetTrainConfig(steps=16, lr=2e-3, ema_decay=0.9, **TINY)
+    batches = LatentBatches(vae, clip.text_model, tokenizer, unet_cfg)
+    unet = train_unet(tiny_unet_config(), batches, schedule, unet_cfg, out)
+    cn_cfg = ControlNetTrainConfig(steps=4, lr=1e-3, ema_decay=0.9, **TINY)
+    controlnet = train_controlnet(unet, batches, schedule, cn_cfg, out)
+    losses = {name: torch.load(f"{out}/{name}.pt", weights_only=True)["losses"]
+              for name in ("vae", "clip", "unet", "controlnet")}
+    return dict(out=out, vae=vae, clip=clip, unet=unet, controlnet=controlnet, losses=losses)
+
+
+def test_every_stage_trains_with_finite_falling_losses(stages):
+    losses = stages["losses"]
+    for name, values in losses.items():
+        assert all(torch.isfinite(torch.tensor(values))), name
+    assert mean(losses["vae"][-4:]) < 0.9 * mean(losses["vae"][:4])  # reconstruction improves fast
+    assert mean(losses["clip"][-4:]) < mean(losses["clip"][:4])  # InfoNCE falls from chance (log 8 ~ 2.1)
+    assert mean(losses["unet"][-4:]) < mean(losses["unet"][:4])  # eps-MSE starts near 1 and falls
+    assert mean(losses["controlnet"]) < 1.5  # starts where the U-Net left off: nothing explodes
+    assert stages["vae"].config.scaling_factor > 0
+
+
+def test_vae_scaling_factor_gives_unit_variance_latents(stages):
+    vae = stages["vae"]
+    from minidiff.train.common import draw_scenes, render
+
+    images, _ = render(draw_scenes(123, 0, 32), VAETrainConfig(**TINY), "cpu")
+    with torch.no_grad():
+        z = vae.scale_latents(vae.encode(images).sample(torch.Generator().manual_seed(0)))
+    assert 0.7 < z.std().item() < 1.4
+
+
+def test_fresh_controlnet_leaves_the_unet_unchanged():
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(tiny_unet_config()).eval()
+    for p in unet.parameters():  # non-zero everywhere, conv_out included, so a real difference would show
+        p.data.normal_(0, 0.1)
+    controlnet = ControlNetModel.from_unet(unet).eval()
+    z, text = torch.randn(2, 4, 4, 4), torch.randn(2, 77, 32)
+    condition = torch.rand(2, 3, SIZE, SIZE)  # the condition image is 8x the latent size
+    with torch.no_grad():
+        down, mid = controlnet(z, 500, text, condition)
+        plain = unet(z, 500, text)
+        steered = unet(z, 500, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+    assert all(r.abs().max() == 0 for r in (*down, mid))
+    assert torch.equal(plain, steered)
+
+
+def test_edge_condition_is_a_white_on_black_canny_map():
+    images = -torch.ones(1, 3, 32, 32)
+    images[:, 0, 8:24, 8:24] = 1.0  # a red square on black
+    edges = edge_condition(images)
+    assert edges.shape == (1, 3, 32, 32) and set(edges.unique().tolist()) == {0.0, 1.0}
+    assert edges[0, 0, 16, 7:9].max() == 1 and edges[0, 0, 16, 16] == 0  # on the outline, not inside
+
+
+def test_clip_loss_counts_repeated_captions_as_right_answers():
+    """With image i == text i embeddings, duplicates make the plain identity target wrong; ours is not."""
+    torch.manual_seed(0)
+
+    class Fixed(torch.nn.Module):
+        logit_scale = torch.nn.Parameter(torch.tensor(4.0))
+
+        def embed_images(self, x):
+            return torch.nn.functional.normalize(x, dim=-1)
+
+        def embed_text(self, ids):
+            return torch.nn.functional.normalize(table[ids[:, 1]], dim=-1)
+
+    table = torch.randn(10, 16)
+    ids = torch.tensor([[0, 1], [0, 2], [0, 1], [0, 3]])  # captions 0 and 2 are the same
+    images = table[ids[:, 1]]
+    loss = clip_loss(Fixed(), images, ids)
+    s = Fixed.logit_scale.exp() * torch.nn.functional.normalize(images, dim=-1) @ \
+        torch.nn.functional.normalize(images, dim=-1).T
+    target = torch.tensor([[.5, 0, .5, 0], [0, 1, 0, 0], [.5, 0, .5, 0], [0, 0, 0, 1]])
+    expected = -(target * s.log_softmax(1)).sum(1).mean()  # symmetric matrix: both directions equal
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+
+
+def tiny_fit(out, steps, resume, time_limit=None):
+    """A tiny U-Net trained on a toy objective that uses scenes, the generator, autocast-free CPU and the EMA."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 3, 1))
+    config = TrainConfig(steps=steps, lr=1e-2, ema_decay=0.9, image_size=16, batch_size=4, warmup_steps=3,
+                         checkpoint_every=1000, log_every=2)
+    from minidiff.train.common import render
+
+    def loss_fn(scenes, generator):
+        images, _ = render(scenes, config, "cpu")
+        noise = torch.randn(images.shape, generator=generator)
+        return ((model(images + 0.1 * noise) - images) ** 2).mean()
+
+    losses = fit("toy", model, loss_fn, config, out, resume=resume, time_limit=time_limit)
+    return model, losses
+
+
+def test_stop_and_resume_gives_the_uninterrupted_weights(tmp_path):
+    straight, straight_losses = tiny_fit(str(tmp_path / "a"), steps=8, resume=False)
+    tiny_fit(str(tmp_path / "b"), steps=4, resume=False)
+    resumed, resumed_losses = tiny_fit(str(tmp_path / "b"), steps=8, resume=True)
+    assert resumed_losses == straight_losses  # same batches, same noise, same optimizer state
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)  # the EMA weights, bit for bit
+
+
+def test_slim_checkpoint_resumes_from_float16_ema_weights(tmp_path):
+    model, _ = tiny_fit(str(tmp_path), steps=4, resume=False)
+    slim_checkpoint(str(tmp_path / "toy.pt"), str(tmp_path / "slim.pt"))
+    state = torch.load(tmp_path / "slim.pt", weights_only=True)
+    assert state["optimizer"] is None and state["ema"] is None and state["step"] == 4
+    assert all(v.dtype == torch.float16 for v in state["model"].values())
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 3, 1))
+    ema = EMA(fresh, 0.9)
+    step, _, has_optimizer = load_checkpoint(str(tmp_path / "slim.pt"), fresh, None, ema)
+    assert step == 4 and not has_optimizer
+    for k, v in model.state_dict().items():  # the EMA restarts from the (EMA) weights it was given
+        torch.testing.assert_close(ema.shadow[k], v.half().float(), rtol=0, atol=0)
+
+
+def test_time_limit_stops_with_a_checkpoint(tmp_path):
+    _, losses = tiny_fit(str(tmp_path), steps=1000, resume=False, time_limit=0)
+    assert len(losses) == 1 and torch.load(tmp_path / "toy.pt", weights_only=True)["step"] == 1
+
+
+def test_reduced_vocabulary_splits_captions_as_full_clip_does(tokenizer):
+    from minidiff.models.tokenizer import CLIPTokenizer, find_openclip_vocab, load_openclip_bpe
+
+    full = CLIPTokenizer(*load_openclip_bpe(find_openclip_vocab()))
+    caption = "a picture of a big purple heart to the left of a small orange star on a white background"
+    assert tokenizer.tokenize(caption) == full.tokenize(caption)
+    assert len(tokenizer.vocab) < 1000  # 512 byte tokens, the caption words' merges, 2 specials
+
+
+def test_export_writes_a_folder_that_minidiff_transformers_and_diffusers_load(stages, tokenizer, tmp_path):
+    from diffusers import ControlNetModel as DiffusersControlNet
+    from diffusers import UNet2DConditionModel as DiffusersUNet
+    from transformers import CLIPTokenizer as HFTokenizer
+
+    from minidiff.loading.components import load_components
+
+    folder = tmp_path / "model"
+    bundled.export(folder, tokenizer, stages["clip"].text_model, stages["vae"], stages["unet"],
+                   stages["controlnet"], stages["clip"])
+    loaded = load_components(folder)
+    for name in ("unet", "vae", "text_encoder", "controlnet"):
+        ours = dict(text_encoder=stages["clip"].text_model).get(name, stages.get(name))
+        for (k, a), b in zip(ours.state_dict().items(), getattr(loaded, name).state_dict().values()):
+            assert torch.equal(a.half().float(), b), (name, k)  # float16 on disk, nothing else lost
+    prompt = "a red circle above a blue square"
+    assert HFTokenizer.from_pretrained(folder / "tokenizer")(prompt)["input_ids"] == \
+        tokenizer(prompt).input_ids[0][: len(tokenizer.encode(prompt)) + 2].tolist()
+    DiffusersUNet.from_pretrained(folder / "unet")
+    DiffusersControlNet.from_pretrained(folder / "controlnet")
+    clip_config = json.loads((folder / "clip" / "config.json").read_text())
+    assert ImageTowerConfig.from_dict(clip_config["image_tower"]) == tiny_tower_config()
