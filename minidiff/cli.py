@@ -10,8 +10,17 @@ import sys
 
 # Subcommand name -> module in minidiff.commands. The order is the order ``--help`` shows.
 COMMANDS = {
+    "generate": "generate",
+    "img2img": "img2img",
+    "inpaint": "inpaint",
+    "outpaint": "outpaint",
+    "control": "control",
     "schedule": "schedule",
     "convert": "convert",
+    "verify": "verify",
+    "train": "train",
+    "evaluate": "evaluate",
+    "bench": "bench",
 }
 
 
