@@ -22,10 +22,12 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from minidiff.loading.pickle_file import PICKLE_SUFFIXES, read_pickle_checkpoint
 from minidiff.loading.safetensors_file import read_safetensors, write_safetensors
@@ -63,10 +65,28 @@ class Components:
     source: str = ""
 
 
+INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+                  "trunc_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextmanager
+def skip_random_init():
+    """Make torch.nn.init's fill functions no-ops: layers built only to receive a checkpoint's weights need no
+    random values (and on the meta device nn.Embedding's normal_ alone costs a second of lazy imports)."""
+    saved = {name: getattr(nn.init, name) for name in INIT_FUNCTIONS}
+    for name in INIT_FUNCTIONS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
 def build_network(name, config, state_dict, source, dtype, device):
     """Build network ``name`` from its config on the meta device, then take ``state_dict`` strictly."""
     _, model_class, _, _ = NETWORKS[name]
-    with torch.device("meta"):
+    with torch.device("meta"), skip_random_init():
         model = model_class(config)
     state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     load_state_dict_strict(model, state_dict, source, assign=True)
