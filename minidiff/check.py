@@ -243,10 +243,10 @@ def check_euler_step(fn):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Lesson 4: attention
+# Lesson 6: cross-attention in the U-Net
 
 
-@exercise("cross_attention", "04-attention", "multi-head cross-attention from the q/k/v/out projection weights")
+@exercise("cross_attention", "06-unet", "multi-head cross-attention from the q/k/v/out projection weights")
 def check_cross_attention(fn):
     from minidiff.models.transformer import CrossAttention
 
@@ -295,7 +295,7 @@ def check_cross_attention(fn):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Lesson 8: classifier-free guidance
+# Lesson 7: classifier-free guidance
 
 
 class _FixedOutputUNet:
@@ -311,7 +311,7 @@ class _FixedOutputUNet:
         return self.output
 
 
-@exercise("classifier_free_guidance", "08-text-to-image", "combine the unconditional and conditional predictions")
+@exercise("classifier_free_guidance", "07-guidance", "combine the unconditional and conditional predictions")
 def check_classifier_free_guidance(fn):
     from minidiff.pipelines.base import PipelineBase
 

@@ -1,4 +1,4 @@
-"""Exercise (lesson 8, text to image): classifier-free guidance.
+"""Exercise (lesson 7, guidance): classifier-free guidance.
 
 Fill in the body, then check it:   python -m minidiff.check classifier_free_guidance
 """

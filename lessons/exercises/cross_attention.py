@@ -1,4 +1,4 @@
-"""Exercise (lesson 4, attention): multi-head cross-attention, image tokens attending to text tokens.
+"""Exercise (lesson 6, U-Net): multi-head cross-attention, image tokens attending to text tokens.
 
 Fill in the body, then check it:   python -m minidiff.check cross_attention
 Use plain tensor operations (matmul, softmax, view, transpose); no torch.nn.functional attention call.

@@ -1,4 +1,4 @@
-"""Reference solution of lessons/exercises/classifier_free_guidance.py (lesson 8)."""
+"""Reference solution of lessons/exercises/classifier_free_guidance.py (lesson 7)."""
 
 import torch
 

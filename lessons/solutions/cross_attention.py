@@ -1,4 +1,4 @@
-"""Reference solution of lessons/exercises/cross_attention.py (lesson 4)."""
+"""Reference solution of lessons/exercises/cross_attention.py (lesson 6)."""
 
 import torch
 
