@@ -83,6 +83,44 @@ def test_saved_folder_loads_in_diffusers_and_in_minidiff(folder, reference, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no temporary folder left behind
 
 
+def test_sharded_networks_load_in_diffusers_and_in_minidiff(folder, reference, tmp_path):
+    out = tmp_path / "sharded"
+    save_components(load_components(folder), out, max_shard_bytes=20_000)  # the tiny U-Net is ~300 KB
+    unet_files = sorted(p.name for p in (out / "unet").iterdir())
+    shards = [name for name in unet_files if name.endswith(".safetensors")]
+    assert len(shards) > 2 and "diffusion_pytorch_model.safetensors.index.json" in unet_files
+    assert all(name.startswith("diffusion_pytorch_model-0") and f"-of-{len(shards):05d}" in name for name in shards)
+    weight_map = json.loads((out / "unet" / "diffusion_pytorch_model.safetensors.index.json").read_text())["weight_map"]
+    for name in shards:  # at most 20 KB of tensors (+ the header), unless one tensor alone is larger
+        held = [key for key, shard in weight_map.items() if shard == name]
+        assert (out / "unet" / name).stat().st_size <= 20_000 + 4096 or len(held) == 1, name
+    assert_same_weights(load_components(out), reference)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    assert_same_weights(Components(None, None, pipe.vae, pipe.unet, None), {k: reference[k] for k in ("vae", "unet")})
+
+
+def test_a_broken_shard_index_is_a_clear_error(folder, tmp_path):
+    out = tmp_path / "sharded"
+    save_components(load_components(folder), out, max_shard_bytes=20_000)
+    index_path = out / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first_key, first_shard = next(iter(index["weight_map"].items()))
+
+    def broken(change, match):
+        weight_map = dict(index["weight_map"])
+        change(weight_map)
+        index_path.write_text(json.dumps({**index, "weight_map": weight_map}))
+        with pytest.raises(CheckpointError, match=match):
+            load_components(out)
+
+    broken(lambda m: m.update({first_key: "../vae/diffusion_pytorch_model.safetensors"}), "not a .safetensors file name")
+    broken(lambda m: m.pop(first_key), f"{first_shard}: holds '{first_key}'")
+    broken(lambda m: m.update({"extra.weight": first_shard}), "1 tensors are in no shard, e.g. 'extra.weight'")
+    index_path.write_text("[]")
+    with pytest.raises(CheckpointError, match="not a safetensors index"):
+        load_components(out)
+
+
 def test_dtype_and_fp16_variant(folder, reference, tmp_path):
     half = load_components(folder, dtype=torch.float16)
     assert_same_weights(half, reference, dtype=torch.float16)

@@ -11,6 +11,9 @@ Two layouts exist on disk:
     scheduler/      scheduler_config.json
     controlnet/     (optional) config.json, diffusion_pytorch_model.safetensors
 
+A network's weights may also be split into shards with an index (``diffusion_pytorch_model-00001-of-00002.safetensors``,
+..., ``diffusion_pytorch_model.safetensors.index.json``), as diffusers writes large networks.
+
 ``load_components`` reads either into minidiff's networks; ``save_components`` writes a diffusers folder that
 ``diffusers.StableDiffusionPipeline.from_pretrained`` loads, and ``save_single_file`` a single file. Every
 network is built on the ``meta`` device (shapes only, no memory) and then takes the file's tensors, after
@@ -30,7 +33,8 @@ import torch
 from torch import nn
 
 from minidiff.loading.pickle_file import PICKLE_SUFFIXES, read_pickle_checkpoint
-from minidiff.loading.safetensors_file import read_safetensors, write_safetensors
+from minidiff.loading.safetensors_file import (INDEX_SUFFIX, read_safetensors, read_sharded_safetensors,
+                                               write_safetensors, write_sharded_safetensors)
 from minidiff.loading.single_file import infer_configs, join_original_checkpoint, split_original_checkpoint
 from minidiff.loading.state_dict import CheckpointError, load_state_dict_strict
 from minidiff.models.clip import CLIPTextConfig, CLIPTextModel, clip_text_state_dict
@@ -94,10 +98,12 @@ def build_network(name, config, state_dict, source, dtype, device):
 
 
 def read_weights(path, allow_pickle):
-    """{name: tensor} from a .safetensors file, or from a pickle file when ``allow_pickle``."""
+    """{name: tensor} from a .safetensors file, the index of a sharded one, or a pickle file when ``allow_pickle``."""
     path = str(path)
     if path.endswith(".safetensors"):
         return read_safetensors(path)
+    if path.endswith(INDEX_SUFFIX):
+        return read_sharded_safetensors(path)
     if path.endswith(PICKLE_SUFFIXES):
         return read_pickle_checkpoint(path, allow_pickle=allow_pickle)
     raise CheckpointError(
@@ -120,10 +126,12 @@ def read_json(path):
 
 
 def weights_file(folder, stem, variant, allow_pickle):
-    """The weights file of one component folder: ``{stem}[.{variant}].safetensors``, else the pickle ``.bin``."""
+    """The weights file of one component folder: ``{stem}[.{variant}].safetensors``, else the index of its
+    shards (``{stem}[.{variant}].safetensors.index.json``), else the pickle ``.bin``."""
     suffix = f".{variant}" if variant else ""
-    for candidate in (folder / f"{stem}{suffix}.safetensors", folder / f"{stem}{suffix}.bin"):
-        if candidate.is_file() and (candidate.suffix == ".safetensors" or allow_pickle):
+    for candidate in (folder / f"{stem}{suffix}.safetensors", folder / f"{stem}{suffix}{INDEX_SUFFIX}",
+                      folder / f"{stem}{suffix}.bin"):
+        if candidate.is_file() and (candidate.suffix != ".bin" or allow_pickle):
             return candidate
     found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "config.json")
     hint = "; pass --allow-pickle to read the .bin file" if (folder / f"{stem}{suffix}.bin").is_file() else ""
@@ -220,11 +228,12 @@ def scheduler_json(scheduler_config):
     return {"_class_name": SCHEDULER_CLASS, "skip_prk_steps": True, **scheduler_config.to_dict()}
 
 
-def save_components(components, folder):
+def save_components(components, folder, max_shard_bytes=None):
     """Write ``components`` as a diffusers model folder (which must not exist yet), atomically.
 
     Everything is written into a temporary sibling folder that is renamed at the end, so a failure leaves
-    nothing behind. Weights are saved in the networks' current dtype.
+    nothing behind. Weights are saved in the networks' current dtype; with ``max_shard_bytes``, a network
+    larger than that is split into shards with an index, as diffusers reads them.
     """
     folder = Path(folder)
     if folder.exists():
@@ -251,7 +260,8 @@ def save_components(components, folder):
             index[name] = class_name
             (tmp / name).mkdir()
             (tmp / name / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-            write_safetensors(model.state_dict(), tmp / name / f"{stem}.safetensors", metadata={"format": "pt"})
+            write_sharded_safetensors(model.state_dict(), tmp / name, stem, max_shard_bytes or float("inf"),
+                                      metadata={"format": "pt"})
         if components.controlnet is not None:
             index["_class_name"] = "StableDiffusionControlNetPipeline"
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))

@@ -228,3 +228,67 @@ def write_safetensors(tensors, path, metadata=None):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+# A large network can be split into several files ("shards") plus an index, as diffusers and transformers do:
+#     diffusion_pytorch_model-00001-of-00002.safetensors, diffusion_pytorch_model-00002-of-00002.safetensors,
+#     diffusion_pytorch_model.safetensors.index.json = {"metadata": {"total_size": bytes},
+#                                                       "weight_map": {"conv_in.weight": "...-00001-of-00002...", ...}}
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def read_sharded_safetensors(index_path, device="cpu", dtype=None):
+    """Load every tensor of a sharded checkpoint from its ``*.safetensors.index.json``: {name: tensor}.
+
+    The index is untrusted too: each shard must be a file in the index's own folder, hold exactly the tensors the
+    index assigns to it, and together the shards must hold every tensor the index names.
+    """
+    index_path = str(index_path)
+    folder, name = os.path.split(index_path)
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{name}: not a safetensors index with a 'weight_map' ({exc}).") from None
+    tensors = {}
+    for shard in shards:
+        if not isinstance(shard, str) or os.path.basename(shard) != shard or not shard.endswith(".safetensors"):
+            raise CheckpointError(f"{name}: the shard {shard!r} is not a .safetensors file name in the same folder.")
+        for key, tensor in read_safetensors(os.path.join(folder, shard), device, dtype).items():
+            if weight_map.get(key) != shard:
+                raise CheckpointError(f"{shard}: holds {key!r}, which {name} places elsewhere or not at all.")
+            tensors[key] = tensor
+    missing = sorted(weight_map.keys() - tensors.keys())
+    if missing:
+        raise CheckpointError(f"{name}: {len(missing)} tensors are in no shard, e.g. {missing[0]!r}.")
+    return tensors
+
+
+def write_sharded_safetensors(tensors, folder, stem, max_shard_bytes, metadata=None):
+    """Write {name: tensor} as ``{stem}.safetensors`` in ``folder`` or, when the tensors take more than
+    ``max_shard_bytes``, as shards of at most that size (a larger single tensor gets a shard of its own) with
+    ``{stem}.safetensors.index.json``. Returns the paths written."""
+    sizes = {key: t.numel() * t.element_size() for key, t in tensors.items()}
+    if sum(sizes.values()) <= max_shard_bytes:
+        path = os.path.join(folder, f"{stem}.safetensors")
+        write_safetensors(tensors, path, metadata)
+        return [path]
+    groups, size = [{}], 0
+    for key in sorted(tensors):  # the order write_safetensors stores them in
+        if groups[-1] and size + sizes[key] > max_shard_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][key] = tensors[key]
+        size += sizes[key]
+    paths, weight_map = [], {}
+    for i, group in enumerate(groups, 1):
+        shard = f"{stem}-{i:05d}-of-{len(groups):05d}.safetensors"
+        write_safetensors(group, os.path.join(folder, shard), metadata)
+        weight_map.update(dict.fromkeys(group, shard))
+        paths.append(os.path.join(folder, shard))
+    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+    paths.append(os.path.join(folder, stem + INDEX_SUFFIX))
+    with open(paths[-1], "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2)
+    return paths
