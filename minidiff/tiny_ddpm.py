@@ -1,10 +1,10 @@
-"""A tiny DDPM in pixel space, small enough to train on a laptop's CPU in about a minute (lesson 2).
+"""A tiny DDPM in pixel space, small enough to train on a laptop's CPU in minutes (lesson 2).
 
 The pieces of lesson 2's notebook, which writes the training loop itself:
 
     simple_shapes   the data: one large circle, square or triangle, red or blue, somewhere on a white square
     TinyUNet        the network: minidiff's own ResNet blocks and timestep embedding in the smallest U-Net
-    TinyDDPMConfig  the settings, with defaults that train in about a minute on 2 CPU cores
+    TinyDDPMConfig  the settings (the defaults: a minute or two on 2 CPU cores, rough shapes)
     scheduler_config(config)   the noise schedule, for training (NoiseSchedule) and for minidiff's samplers
 
 Training is DDPM's (Ho et al., 2020): draw a clean image x_0, a timestep t and noise ε, and regress
@@ -26,7 +26,11 @@ from minidiff.samplers import SchedulerConfig
 
 @dataclass
 class TinyDDPMConfig:
-    """Data, network and training settings; the defaults train in about a minute on 2 CPU cores."""
+    """Data, network and training settings.
+
+    The defaults train in a minute or two on 2 CPU cores and give the right colours with rough shapes; for clean
+    shapes use steps=1500 (several minutes). Lesson 2's notebook uses fewer steps still, to stay quick.
+    """
 
     image_size: int = 16  # pixels per side
     colors: tuple = ("red", "blue")
