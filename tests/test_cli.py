@@ -6,7 +6,6 @@ writes exactly the pixels the pipeline computes; a failing one prints one ``erro
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from tiny_pipeline import tiny_model
 
@@ -17,6 +16,7 @@ from minidiff.samplers import SAMPLER_NAMES
 
 COMMANDS = ("generate", "img2img", "inpaint", "outpaint", "control", "verify")
 FAST = ["--steps", "2", "--seed", "0"]
+ONE_THREAD = True  # tiny networks: run this module on one CPU thread (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True)
@@ -24,14 +24,6 @@ def registered(monkeypatch):
     """Make sure the subcommands are registered with the dispatcher (cli.COMMANDS lists them)."""
     for name in COMMANDS:
         monkeypatch.setitem(cli.COMMANDS, name, name)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,20 +19,12 @@ from minidiff.data.detect import (
 from minidiff.data.shapes import Scene, SceneObject, render_scenes, sample_scene
 
 N_SCENES = 300
+ONE_THREAD = True  # one small image at a time: run this module on one CPU thread (tests/conftest.py)
 
 
 def to_uint8(images):
     """(B, 3, H, W) floats on the 0-255 scale -> uint8 (B, H, W, 3)."""
     return images.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Detection works on one small image at a time: a second thread only adds waiting (a lot, on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

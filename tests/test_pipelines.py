@@ -20,15 +20,7 @@ TOL = 1e-4  # max abs error on [0, 1] images, float32
 SAMPLERS = [("euler", False), ("euler_a", False), ("ddim", False), ("dpmpp_2m", True)]
 NEGATIVES = [None, "a blue square"]
 PROMPTS = ["a red circle", "a big yellow star"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread (and the numbers do not depend on the thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ONE_THREAD = True  # tiny networks: run this module on one CPU thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

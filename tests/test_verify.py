@@ -14,19 +14,12 @@ from minidiff.loading import load_components, save_single_file
 from minidiff.samplers import KARRAS_SAMPLERS, SAMPLER_NAMES
 
 SAMPLER_ROWS = [*SAMPLER_NAMES, *(f"{name} karras" for name in KARRAS_SAMPLERS)]
+ONE_THREAD = True  # tiny networks: run this module on one CPU thread (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True)
 def registered(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "verify", "verify")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rows(stdout):
