@@ -244,13 +244,25 @@ OPTION_CASES = [
 ] + [
     (name, dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing",
                 steps_offset=0), eta)
-    for name, eta in [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0), ("euler", 0.0), ("euler_a", 0.0), ("dpmpp_2m", 0.0)]
+    for name, eta in [("ddim", 0.0), ("ddim", 0.5), ("ddpm", 0.0), ("euler", 0.0), ("euler_a", 0.0), ("dpmpp_2m", 0.0)]
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("name, overrides, eta", OPTION_CASES)
 def test_config_options_trajectory_equals_diffusers(name, overrides, eta):
     assert_same_trajectory(name, {**config_dict(), **overrides}, 10, eta=eta)  # < 15: lower_order_final counts
+
+
+def test_ddim_with_eta_1_at_zero_terminal_snr_stays_finite():
+    """At ᾱ_T = 0 with eta = 1, DDIM's direction weight 1 - ᾱ' - s² is exactly 0 and rounds to about -1e-8 in
+    float32; diffusers' DDIMScheduler then takes the square root of a negative number and returns NaN for the whole
+    run. minidiff clamps the weight at 0."""
+    d = {**config_dict(), "rescale_betas_zero_snr": True, "prediction_type": "v_prediction",
+         "timestep_spacing": "trailing", "steps_offset": 0}
+    g = torch.Generator().manual_seed(1234)
+    x0, noise = torch.randn(2, 2, 4, 8, 8, generator=g, dtype=torch.float64)
+    _, trajectory = run_minidiff("ddim", d, 10, x0, noise, 0, 1.0, 1.0, None)
+    assert all(torch.isfinite(x).all() for x in trajectory)
 
 
 def test_list_of_generators_draws_per_sample_noise_like_diffusers():

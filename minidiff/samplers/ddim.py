@@ -38,7 +38,9 @@ class DDIMSampler(Sampler):
             if config.clip_sample:
                 x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
             std = self.eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
-            x_prev = ab_prev**0.5 * x0 + (1 - ab_prev - std**2) ** 0.5 * eps
+            # With eta = 1 and ᾱ = 0 (zero terminal SNR) the direction's weight 1 - ᾱ' - s² is exactly 0, and
+            # float32 rounding can make it -1e-8: clamp, where diffusers' DDIMScheduler returns NaN.
+            x_prev = ab_prev**0.5 * x0 + (1 - ab_prev - std**2).clamp(min=0) ** 0.5 * eps
             if self.eta > 0:
                 x_prev = x_prev + std * randn(model_output.shape, generator, model_output.dtype, model_output.device)
             x = self.report(callback, i, t, x_prev, x0)
