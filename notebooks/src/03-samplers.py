@@ -195,8 +195,8 @@ for cls in (DDIMSampler, EulerSampler):
 # with a first-order jump from its last timestep (about 1000 / steps) straight to σ = 0, which limits it to first
 # order; with Karras sigmas its last σ before 0 is always the smallest training σ, and it converges at second
 # order (down to a floor: its timesteps are rounded to integers, so the network sees a slightly different σ
-# than the solver uses). Near 1e-3 every curve meets the error of the very last jump, from the smallest
-# training σ (0.03) to 0, which no number of steps changes.
+# than the solver uses). The curves that get down to about 1e-3 meet the error of the very last jump, from the
+# smallest training σ (0.03) to 0, which no number of steps changes.
 #
 # For all samplers, the stochastic ones too, the right panel measures how far the sample *distribution* is
 # from the data (the sliced Wasserstein distance; the dotted line is its floor for 2000 samples).

@@ -117,8 +117,9 @@ plt.show()
 #     KL(q || N(0, I)) = ½ Σ (μ² + σ² − 1 − log σ²)
 #
 # but with a tiny weight (10⁻⁶ per latent element here; Stable Diffusion's VAE was trained similarly). So the
-# encoder is free to make σ tiny and spread the means widely: the sampling noise is much smaller than the
-# distances between latents of different pictures, and `decode(sample)` hardly differs from `decode(mean)`.
+# encoder is free to make σ small and spread the means widely. Compare the σ's in the histogram with the spread
+# of the means (the dashed line): where σ is far below it, a sample hardly moves the latent, and `decode(sample)`
+# hardly differs from `decode(mean)`. The largest pixel difference printed below says how well that holds.
 
 # %%
 mu, logvar, sigma = posterior.mean, posterior.logvar, posterior.std  # (6, 4, 16, 16) each
@@ -226,7 +227,7 @@ plt.show()
 # Mix the latents of two pictures, z = (1 − w) z_a + w z_b, and decode (row 1); row 2 mixes the pixels instead.
 # The decoder sees each latent position's 4 numbers and paints what they suggest. Where the pictures differ
 # the mixed latent is a compromise that neither picture produced, so the decoder has to guess: the result is
-# close to a cross-fade, with colours that are neither of the two. An autoencoder trained only for
+# only roughly a cross-fade, with colours that are in neither of the two pictures. An autoencoder trained only for
 # reconstruction does not organise its latent space so that straight lines mean anything; making new,
 # coherent pictures is the diffusion model's job, not the VAE's.
 

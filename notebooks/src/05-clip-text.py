@@ -270,8 +270,9 @@ print((logits.softmax(dim=1) * 100).round().int())
 # the shapes, flip the relation. The four pictures below are built by hand (`Scene` objects rendered with
 # `render_scenes`), each drawn to match exactly one of the four captions. A bag of words could not tell them
 # apart: "red", "circle", "blue" and "square" occur in each. Compare how much the diagonal stands out here with
-# the figure above; the cosines between the four caption embeddings, and between the four picture embeddings,
-# say where the differences got lost.
+# the figure above: if it hardly stands out, the embeddings do not tell these captions apart, as a bag of words
+# would not. The cosines between the four caption embeddings, and between the four picture embeddings, say
+# where the differences got lost.
 
 # %%
 def two_objects(first, second, relation):

@@ -356,7 +356,9 @@ plt.show()
 # Each map's title is the share of all attention that word receives (1 would be every position attending only
 # to it). Most of the attention goes to the start token and to the end and padding tokens, which after CLIP's
 # causal attention carry a summary of the whole prompt; the word tokens get a few percent each, but *where* they
-# get it is the point: a colour word and its shape word light up the region where that object is drawn.
+# get it is the point. Look for a colour word lighting up the region where an object of that colour is drawn,
+# and a shape word lighting up its object. The picture may miss the prompt (a wrong shape, a missing object):
+# then the maps show where the model put each word instead.
 #
 # Next, write cross-attention yourself: fill in `lessons/exercises/cross_attention.py` and run
 #

@@ -82,7 +82,7 @@ plt.show()
 #
 # At the first step of a run (pure noise, t near 1000) the U-Net's noise prediction implies a guess of the clean
 # latent, x̂_0 = (x_t − sqrt(1 − ᾱ_t) ε̂) / sqrt(ᾱ_t). Decoded, the unconditional guess is a vague average picture,
-# the conditional one a faint sketch of the prompt, and guidance exaggerates the difference between the two. The
+# the conditional one differs from it a little, and guidance exaggerates the difference between the two. The
 # last panel shows where the prompt changes the prediction most: |ε_cond − ε_uncond|, averaged over the four
 # latent channels.
 
@@ -134,7 +134,9 @@ assert error < 1e-4  # a batch of two may round the last float32 bits differentl
 # ## A guidance-scale sweep
 #
 # Four prompts, each from the same start noise (seed 0), at six guidance scales, 10 steps of DPM++ 2M. Each row
-# is one prompt; along a row only s changes.
+# is one prompt; along a row only s changes. Guidance can only push further in the direction in which the prompt
+# already changes the prediction: a request the model gets wrong at every scale is one it does not know well
+# enough, and no scale will fix it.
 
 # %%
 PROMPTS = ["a red circle above a blue square", "a large green triangle on a yellow background",

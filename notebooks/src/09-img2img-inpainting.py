@@ -111,9 +111,10 @@ plt.show()
 
 # %% [markdown]
 # Read each row from left to right: find the lowest strength at which the edit appears, and what else changes
-# with it (size, position, the other object). The more noise, the more the model may change, and the less of
-# the picture is kept: at strength 1 only the faint trace of sqrt(ᾱ_t) printed above survives (lesson 1's
-# zero-terminal-SNR remark), and the layout is mostly the model's own.
+# with it (size, position, the other object). An edit that appears at no strength, or comes out different from
+# the prompt, is one the model does not know well enough; more noise cannot fix that. The more noise, the more
+# the model may change, and the less of the picture is kept: at strength 1 only the faint trace of sqrt(ᾱ_t)
+# printed above survives (lesson 1's zero-terminal-SNR remark), and the layout is mostly the model's own.
 #
 # ## Inpainting with a plain U-Net: latent blending
 #
@@ -157,6 +158,8 @@ plt.show()
 # Inside the loop: after each step the latent x (top row, decoded) is a noisy copy of the picture outside the
 # mask, where blending put it, and the model's own sample inside. The model's guess of the clean latent x̂₀
 # (bottom row) has to agree with the noised known region around the hole, which is what makes the new object fit.
+# Look for the step from which x̂₀'s background matches the picture's: before it, the known region was too noisy
+# to tell the model what surrounds the hole.
 
 # %%
 trajectory, shown = inpainted.trajectory, [0, 2, 5, 8, 11, 14]
@@ -206,7 +209,8 @@ print(f"conv_in weight {tuple(unet9.conv_in.weight.shape)}; with zero weights on
 # `sd.outpaint(prompt, image, left=..., right=..., top=..., bottom=...)` pads the picture (copying its edge
 # pixels outwards, so that the VAE sees no hard edge), masks exactly the new border and inpaints. Here the
 # picture is cut to its left half, which holds only the circle, and the model is asked to paint the right half
-# back from the full caption.
+# back from the full caption. Look for a blue square on the right: if it is missing, or comes out as another red
+# circle, the model has not followed the second half of the caption.
 
 # %%
 left_half = picture[..., :64]  # (1, 3, 128, 64)

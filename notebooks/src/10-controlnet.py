@@ -206,15 +206,18 @@ plt.show()
 
 # %% [markdown]
 # Scale 0 gives the plain model's picture: whatever F1 it scores is the baseline that chance agreement between
-# two drawings of the same caption reaches. A ControlNet that works raises the F1 well above it as the scale
-# grows, for the contradicting prompt too.
+# two drawings of the same caption reaches. Look for the F1 rising well above it as the scale grows, for the
+# contradicting prompt too. A single curve that stays near its baseline means that for this prompt and seed the
+# picture went its own way; if every curve stayed flat, the ControlNet's residuals would be too small to matter.
+# One seed per prompt is a small sample: `python -m minidiff evaluate` averages the edge F1 over many scenes.
 #
 # ## The guidance window
 #
 # `guidance_start` and `guidance_end` (fractions of the steps) switch the ControlNet on for part of the run
 # only. The layout of a picture is settled in the first, noisiest steps (lesson 8's trajectory), its details in
 # the last ones. Here the contradicting prompt runs with the ControlNet on for the first 40 % of the steps, then
-# for the last 60 %, with the same start noise as its picture in the scale sweep.
+# for the last 60 %, with the same start noise as its picture in the scale sweep. If the early window scores
+# about the plain model's F1, the first steps were not enough to fix the layout to the edges.
 
 # %%
 WINDOWS = ((0.0, 1.0), (0.0, 0.4), (0.4, 1.0))
