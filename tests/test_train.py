@@ -219,3 +219,24 @@ def test_export_writes_a_folder_that_minidiff_transformers_and_diffusers_load(st
     DiffusersControlNet.from_pretrained(folder / "controlnet")
     clip_config = json.loads((folder / "clip" / "config.json").read_text())
     assert ImageTowerConfig.from_dict(clip_config["image_tower"]) == tiny_tower_config()
+
+
+def test_import_of_the_bundled_folder_resumes_at_its_steps_and_exports_it_unchanged(tmp_path):
+    from pathlib import Path
+
+    from minidiff.loading.safetensors_file import read_safetensors
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    steps = bundled.import_folder(weights, tmp_path / "run")
+    assert steps == json.loads((weights / "training.json").read_text())["steps"]
+    unet = UNet2DConditionModel(bundled.unet_config())
+    step, losses, has_optimizer = load_checkpoint(str(tmp_path / "run" / "unet.pt"), unet)
+    assert (step, losses, has_optimizer) == (steps["unet"], [], False)  # resumes there, AdamW warms up again
+
+    bundled.export_checkpoints(str(tmp_path / "run"), str(tmp_path / "again"))
+    files = [p.relative_to(weights) for p in weights.rglob("*.safetensors")]
+    assert len(files) == 5
+    for f in files:
+        a, b = read_safetensors(weights / f), read_safetensors(tmp_path / "again" / f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    assert json.loads((tmp_path / "again" / "training.json").read_text())["steps"] == steps

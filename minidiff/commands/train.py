@@ -5,16 +5,17 @@
     python -m minidiff train unet --device cuda           # 3. denoiser (needs 1 and 2)
     python -m minidiff train controlnet --device cuda     # 4. edge ControlNet (needs 1, 2 and 3)
     python -m minidiff train export --to weights          # 5. write the diffusers folder
+    python -m minidiff train import --from weights        # or: continue training the shipped weights
 
 Checkpoints, loss plots and logs go to --out (default runs/bundled); a stopped stage resumes where it was.
 The recipe (sizes, steps, learning rates) lives in minidiff/train/bundled.py.
 """
 
-HELP = "train the bundled shapes model from scratch: vae, clip, unet, controlnet, then export"
+HELP = "train the bundled shapes model: vae, clip, unet, controlnet, then export (import: continue from a folder)"
 
 
 def add_arguments(parser):
-    parser.add_argument("stage", choices=("vae", "clip", "unet", "controlnet", "export"), help="what to do")
+    parser.add_argument("stage", choices=("vae", "clip", "unet", "controlnet", "export", "import"), help="what to do")
     parser.add_argument("--out", default="runs/bundled", help="folder for checkpoints, logs and loss plots")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--steps", type=int, help="total steps of the stage (default: the recipe's)")
@@ -23,6 +24,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the scenes and the noise")
     parser.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this many minutes")
     parser.add_argument("--to", default="weights", help="export: the model folder to write (must not exist)")
+    parser.add_argument("--from", dest="source", default="weights",
+                        help="import: an exported model folder whose weights the stages continue from")
 
 
 def run(args):
@@ -33,6 +36,11 @@ def run(args):
     if args.stage == "export":
         folder = bundled.export_checkpoints(args.out, args.to)
         print(f"wrote {folder}")
+        return 0
+    if args.stage == "import":
+        steps = bundled.import_folder(args.source, args.out)
+        done = ", ".join(f"{name} at step {step}" for name, step in steps.items())
+        print(f"wrote checkpoints to {args.out}: {done}; each stage now resumes from there")
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr))
