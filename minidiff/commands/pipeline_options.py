@@ -16,7 +16,7 @@ BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "weights"
 # Sampling defaults when an option is not given. The bundled model's were chosen by measuring prompt adherence
 # with `python -m minidiff evaluate` (weights/README.md has the numbers); other checkpoints get the settings
 # Stable Diffusion is usually run with.
-BUNDLED_DEFAULTS = dict(sampler="dpmpp_2m", steps=20, cfg=5.0)
+BUNDLED_DEFAULTS = dict(sampler="euler_a", steps=20, cfg=5.0)
 CHECKPOINT_DEFAULTS = dict(sampler="euler", steps=25, cfg=7.5)
 
 

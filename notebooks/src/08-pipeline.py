@@ -275,11 +275,11 @@ for k in names:
 # ## The same from the command line
 #
 # `python -m minidiff generate` runs `text_to_image` and writes a PNG. With the bundled model its defaults are
-# DPM++ 2M, 20 steps and guidance 5; the options below reproduce the hand-written Euler run of this notebook:
+# Euler ancestral, 20 steps and guidance 5; the options below reproduce the hand-written Euler run of this notebook:
 #
 #     python -m minidiff generate "a red circle above a blue square" --seed 0 --sampler euler --steps 20 --cfg 5
 #
-# and `--steps 12` alone (keeping the default sampler) draws the seed-0 picture of the grid. Without `--seed` the
+# and `--sampler dpmpp_2m --steps 12` draws the seed-0 picture of the grid. Without `--seed` the
 # command picks a random seed and prints it, so any picture you like can be made again.
 #
 # Guidance is lesson 7's subject (`lessons/07-guidance.md`), with the exercise `classifier_free_guidance`;
