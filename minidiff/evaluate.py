@@ -13,12 +13,10 @@ with them. Edge F1 = 2PR / (P + R), where an edge pixel counts as matched if the
 one pixel. The same prompts without the ControlNet give the baseline.
 """
 
-import json
 import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from minidiff.canny import canny, dilate
 from minidiff.data.captions import COLORS, RELATION_PHRASES, RELATIONS, SHAPES, parse_prompt, with_article
@@ -75,25 +73,15 @@ class CLIPScorer:
     """The CLIP trained with the model: ``__call__(images in [0, 1], prompts) -> 100 * cos`` per sample."""
 
     def __init__(self, folder, sd):
-        from minidiff.loading.safetensors_file import read_safetensors
-        from minidiff.train.clip import ImageTower, ImageTowerConfig
+        from minidiff.train.clip import load_clip_folder
 
-        with open(os.path.join(folder, "clip", "config.json")) as f:
-            config = json.load(f)
-        weights = read_safetensors(os.path.join(folder, "clip", "model.safetensors"))
-        self.tower = ImageTower(ImageTowerConfig.from_dict(config["image_tower"]))
-        self.tower.load_state_dict({k[len("vision_model."):]: v.float() for k, v in weights.items()
-                                    if k.startswith("vision_model.")})
-        self.visual_projection = weights["visual_projection.weight"].float()  # (P, embed_dim)
-        self.text_projection = weights["text_projection.weight"].float()  # (P, hidden)
-        self.sd = sd
+        self.clip = load_clip_folder(folder, sd.text_encoder)  # float32, on the CPU
+        self.tokenizer = sd.tokenizer
 
     @torch.no_grad()
     def __call__(self, images, prompts):
-        v = F.normalize(self.tower(images.float() * 2 - 1) @ self.visual_projection.T, dim=-1)  # (N, P)
-        ids = self.sd.tokenizer(prompts).input_ids.to(self.sd.device)
-        pooled = self.sd.text_encoder(ids).pooler_output.float().cpu()  # (N, hidden)
-        t = F.normalize(pooled @ self.text_projection.T, dim=-1)
+        v = self.clip.embed_images(images.float() * 2 - 1)  # (N, P) unit vectors
+        t = self.clip.embed_text(self.tokenizer(prompts).input_ids)  # (N, P)
         return 100 * (v * t).sum(-1)  # (N,)
 
 

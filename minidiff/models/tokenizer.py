@@ -81,6 +81,22 @@ class TokenizerOutput(NamedTuple):
     truncated: list
 
 
+def merge_pair(pieces, pair):
+    """One BPE merge: join every occurrence of the adjacent ``pair`` in ``pieces``, left to right.
+
+    merge_pair(["a", "a", "a"], ("a", "a")) -> ["aa", "a"].
+    """
+    merged, i = [], 0
+    while i < len(pieces):
+        if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == pair:
+            merged.append(pieces[i] + pieces[i + 1])
+            i += 2
+        else:
+            merged.append(pieces[i])
+            i += 1
+    return merged
+
+
 class CLIPTokenizer:
     """Byte-level BPE with CLIP's vocabulary: ``tokenizer(prompts).input_ids`` is (B, 77).
 
@@ -169,15 +185,7 @@ class CLIPTokenizer:
             best = min(zip(pieces, pieces[1:]), key=lambda pair: self.merge_ranks.get(pair, math.inf))
             if best not in self.merge_ranks:
                 break
-            merged, i = [], 0
-            while i < len(pieces):
-                if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == best:
-                    merged.append(pieces[i] + pieces[i + 1])
-                    i += 2
-                else:
-                    merged.append(pieces[i])
-                    i += 1
-            pieces = merged
+            pieces = merge_pair(pieces, best)
         self.cache[word] = tuple(pieces)
         return self.cache[word]
 

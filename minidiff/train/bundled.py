@@ -29,16 +29,16 @@ import torch
 
 from minidiff.data.captions import (BACKGROUND_PHRASES, COLORS, FRAMES, POSITION_PHRASES, RELATION_PHRASES, SHAPES,
                                     SIZE_WORDS)
-from minidiff.loading.components import Components, save_components
-from minidiff.loading.safetensors_file import read_safetensors, write_safetensors
+from minidiff.loading.components import Components, load_components, save_components
+from minidiff.loading.safetensors_file import write_safetensors
 from minidiff.models.clip import CLIPTextConfig
-from minidiff.models.controlnet import ControlNetConfig, ControlNetModel
+from minidiff.models.controlnet import ControlNetModel
 from minidiff.models.tokenizer import CLIPTokenizer, find_openclip_vocab, load_openclip_bpe, reduced_vocabulary
 from minidiff.models.unet import UNet2DConditionModel, UNetConfig
 from minidiff.models.vae import AutoencoderKL, VAEConfig
 from minidiff.samplers import SchedulerConfig
 from minidiff.schedule import NoiseSchedule
-from minidiff.train.clip import CLIP, CLIPTrainConfig, ImageTowerConfig, train_clip
+from minidiff.train.clip import CLIP, CLIPTrainConfig, ImageTowerConfig, load_clip_folder, train_clip
 from minidiff.train.common import save_checkpoint
 from minidiff.train.controlnet import ControlNetTrainConfig, train_controlnet
 from minidiff.train.unet import LatentBatches, UNetTrainConfig, train_unet
@@ -174,8 +174,8 @@ def export_checkpoints(out_dir, folder):
     unet = load_trained(UNet2DConditionModel(unet_config()), out_dir, "unet")
     controlnet = load_trained(ControlNetModel.from_unet(unet), out_dir, "controlnet")
     export(folder, tokenizer, clip.text_model, trained_vae(out_dir), unet, controlnet, clip)
-    steps = {name: torch.load(os.path.join(out_dir, f"{name}.pt"), map_location="cpu", weights_only=True)["step"]
-             for name in STAGES}
+    steps = {name: torch.load(os.path.join(out_dir, f"{name}.pt"), mmap=True, weights_only=True)["step"]
+             for name in STAGES}  # mmap: only the step is read, not the tensors again
     with open(os.path.join(folder, "training.json"), "w") as f:
         json.dump({"steps": steps}, f, indent=2)
     return folder
@@ -185,37 +185,20 @@ def import_folder(folder, out_dir):
     """Write ``out_dir/{stage}.pt`` for every stage from an exported model folder, so that training continues
     from its weights: ``run_stage`` then resumes each stage at the step recorded in ``folder/training.json``.
 
-    The networks are built from the folder's own configs. The folder holds only the float16 (EMA) weights, so
-    each checkpoint is a slim one (see ``slim_checkpoint``): AdamW restarts with a fresh warm-up and the EMA
-    restarts from these weights. Returns the step counts.
+    The networks load as any model folder does (``load_components``, and ``load_clip_folder`` for CLIP). The
+    folder holds only the float16 (EMA) weights, so each checkpoint is a slim one (see ``slim_checkpoint``):
+    AdamW restarts with a fresh warm-up and the EMA restarts from these weights. Returns the step counts.
     """
-    def read_json(*parts):
-        with open(os.path.join(folder, *parts)) as f:
-            return json.load(f)
-
-    def weights(sub, name="diffusion_pytorch_model.safetensors"):
-        return read_safetensors(os.path.join(folder, sub, name))
-
-    steps = read_json("training.json")["steps"]
-    clip_config = read_json("clip", "config.json")
-    clip = CLIP(CLIPTextConfig.from_dict(read_json("text_encoder", "config.json")),
-                ImageTowerConfig.from_dict(clip_config["image_tower"]), clip_config["projection_dim"])
-    vae = AutoencoderKL(VAEConfig.from_dict(read_json("vae", "config.json")))
-    networks = {
-        "vae": (vae, weights("vae")),
-        # CLIP = the text encoder (as ``.text_model``) + the image tower and projections of clip/
-        "clip": (clip, {**{f"text_model.{k}": v for k, v in weights("text_encoder", "model.safetensors").items()},
-                        **weights("clip", "model.safetensors")}),
-        "unet": (UNet2DConditionModel(UNetConfig.from_dict(read_json("unet", "config.json"))), weights("unet")),
-        "controlnet": (ControlNetModel(ControlNetConfig.from_dict(read_json("controlnet", "config.json"))),
-                       weights("controlnet")),
-    }
+    parts = load_components(folder)  # float32; strict about every network's keys
+    networks = {"vae": parts.vae, "clip": load_clip_folder(folder, parts.text_encoder), "unet": parts.unet,
+                "controlnet": parts.controlnet}
+    with open(os.path.join(folder, "training.json")) as f:
+        steps = json.load(f)["steps"]
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "vae.json"), "w") as f:
-        json.dump(vae.config.to_dict(), f, indent=2)
+        json.dump(parts.vae.config.to_dict(), f, indent=2)
     for name in STAGES:
-        model, state = networks[name]
-        model.load_state_dict(state)  # strict: every key of the network, and nothing else
+        model = networks[name]
         config = dataclasses.replace(RECIPE[name], steps=max(RECIPE[name].steps, steps[name]))
         save_checkpoint(os.path.join(out_dir, f"{name}.pt"), model, None, None, steps[name], [], config,
                         with_optimizer=False)

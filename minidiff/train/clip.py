@@ -13,12 +13,15 @@ projections are kept for the CLIP score of ``minidiff evaluate``.
 """
 
 import dataclasses
+import json
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minidiff.loading.safetensors_file import read_safetensors
 from minidiff.models.clip import CLIPTextModel
 from minidiff.train.common import TrainConfig, fit, render
 
@@ -93,6 +96,21 @@ class CLIP(nn.Module):
     def embed_images(self, images):
         """images (B, 3, S, S) in [-1, 1] -> unit vectors (B, projection_dim)."""
         return F.normalize(self.visual_projection(self.vision_model(images)), dim=-1)
+
+
+def load_clip_folder(folder, text_encoder):
+    """The CLIP saved beside a model in ``folder/clip/`` (written by ``minidiff.train.bundled.export``), in float32.
+
+    That folder holds the image tower, both projections and the temperature; the text tower is the model's own
+    ``text_encoder`` (its weights are copied in). Every key must be there (strict loading).
+    """
+    with open(os.path.join(folder, "clip", "config.json")) as f:
+        config = json.load(f)
+    clip = CLIP(text_encoder.config, ImageTowerConfig.from_dict(config["image_tower"]), config["projection_dim"])
+    tower = read_safetensors(os.path.join(folder, "clip", "model.safetensors"))  # image tower, projections, tau
+    text = {f"text_model.{k}": v for k, v in text_encoder.state_dict().items()}
+    clip.load_state_dict({**text, **tower})  # values are copied into the float32 parameters
+    return clip.eval()
 
 
 def clip_loss(model, images, input_ids):

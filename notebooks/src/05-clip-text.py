@@ -9,7 +9,6 @@
 # shows how well the bundled model's CLIP learnt it. The text of the lesson is `lessons/05-clip-text.md`.
 
 # %%
-import json
 import textwrap
 
 import matplotlib.pyplot as plt
@@ -17,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from minidiff.data.shapes import Scene, SceneObject, render_scenes, sample_batch
-from minidiff.loading import read_safetensors
 from minidiff.loading.components import load_network_folder
-from minidiff.models.tokenizer import BYTE_TO_UNICODE, END_OF_WORD, CLIPTokenizer, find_openclip_vocab, load_openclip_bpe
-from minidiff.train.clip import CLIP, ImageTowerConfig, clip_loss
+from minidiff.models.tokenizer import (BYTE_TO_UNICODE, END_OF_WORD, CLIPTokenizer, find_openclip_vocab, load_openclip_bpe,
+                                       merge_pair)
+from minidiff.train.clip import clip_loss, load_clip_folder
 
 torch.manual_seed(0)
 tokenizer = CLIPTokenizer.from_pretrained(ROOT / "weights" / "tokenizer")
@@ -52,15 +51,7 @@ def bpe_steps(tokenizer, word):
         best = min(pairs, key=lambda pair: tokenizer.merge_ranks.get(pair, float("inf")))
         if best not in tokenizer.merge_ranks:
             break
-        merged, i = [], 0
-        while i < len(pieces):  # join every occurrence of the best pair
-            if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == best:
-                merged.append(pieces[i] + pieces[i + 1])
-                i += 2
-            else:
-                merged.append(pieces[i])
-                i += 1
-        pieces = merged
+        pieces = merge_pair(pieces, best)  # join every occurrence of the best pair
         steps.append(pieces)
     return steps
 
@@ -205,16 +196,10 @@ plt.show()
 #     L = ½ [ CE(exp(τ) S, I) + CE(exp(τ) Sᵀ, I) ]
 #
 # The bundled model's CLIP was trained this way (`minidiff/train/clip.py`); its image tower and projections are
-# in `weights/clip/`, its text tower is `weights/text_encoder/`.
+# in `weights/clip/`, its text tower is `weights/text_encoder/`, and `load_clip_folder` puts the two together.
 
 # %%
-clip_folder = ROOT / "weights" / "clip"
-clip_config = json.loads((clip_folder / "config.json").read_text())
-clip = CLIP(config, ImageTowerConfig.from_dict(clip_config["image_tower"]), clip_config["projection_dim"])
-tower_weights = read_safetensors(clip_folder / "model.safetensors")  # image tower, both projections, τ
-text_weights = {f"text_model.{k}": v for k, v in text_encoder.state_dict().items()}
-clip.load_state_dict({**text_weights, **{k: v.float() for k, v in tower_weights.items()}})  # strict: every key
-clip.eval()
+clip = load_clip_folder(ROOT / "weights", text_encoder)  # image tower, both projections and τ from weights/clip/
 print(f"inverse temperature exp(τ) = {clip.logit_scale.exp():.1f} (CLIP starts at 1 / 0.07 ≈ 14.3, capped at 100)")
 
 images, captions, _ = sample_batch(5, 8, size=128)  # (8, 3, 128, 128) in [-1, 1], fresh procedural scenes
