@@ -45,6 +45,7 @@ from minidiff.train.unet import LatentBatches, UNetTrainConfig, train_unet
 from minidiff.train.vae import VAETrainConfig, train_vae
 
 IMAGE_SIZE = 128
+SHARD_BYTES = 16_000_000  # export splits larger networks (the U-Net) into shards: no file over 16 MB in git
 # The sampling defaults `python -m minidiff generate` uses with this model: BUNDLED_DEFAULTS in
 # minidiff/commands/pipeline_options.py (chosen with `python -m minidiff evaluate`).
 
@@ -210,7 +211,8 @@ def export(folder, tokenizer, text_encoder, vae, unet, controlnet, clip):
     scheduler/ (float16 weights), and clip/ with the image tower and projections for the CLIP score."""
     half = {name: net.half() for name, net in
             dict(text_encoder=text_encoder, vae=vae, unet=unet, controlnet=controlnet).items()}
-    save_components(Components(tokenizer, scheduler_config=scheduler_config(), **half), folder)
+    save_components(Components(tokenizer, scheduler_config=scheduler_config(), **half), folder,
+                    max_shard_bytes=SHARD_BYTES)
     os.makedirs(os.path.join(folder, "clip"))
     tower = {k: v for k, v in clip.state_dict().items() if not k.startswith("text_model.")}
     write_safetensors({k: v.half() for k, v in tower.items()}, os.path.join(folder, "clip", "model.safetensors"),
