@@ -14,6 +14,8 @@ from minidiff.data.captions import (
     RELATION_PHRASES,
     SHAPES,
     SIZE_WORDS,
+    contradict,
+    make_caption,
     parse_prompt,
 )
 from minidiff.data.shapes import (
@@ -92,6 +94,43 @@ def test_captions_state_only_what_the_scene_shows(scenes):
         assert stated["position"] in (None, scene.objects[0].position)
         if len(scene.objects) == 2:
             assert stated["position"] is None
+
+
+def is_true_of(attributes, scene):
+    """Whether a caption stating ``attributes`` describes ``scene`` (objects in either order for a relation)."""
+    flip = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+    drawn = [(o.color, o.shape) for o in scene.objects]
+    said = [(o["color"], o["shape"]) for o in attributes["objects"]]
+    if attributes["relation"] is not None:
+        same = said == drawn and attributes["relation"] == scene.relation
+        swapped = said == drawn[::-1] and attributes["relation"] == flip[scene.relation]
+        if not (same or swapped):
+            return False
+    elif sorted(said) != sorted(drawn):
+        return False
+    position = attributes["position"]
+    return position is None or position == scene.objects[0].position
+
+
+def test_contradictions_are_false_but_use_the_same_words(scenes):
+    rng = np.random.default_rng(0)
+    changed = {"color": 0, "shape": 0, "relation": 0, "position": 0}
+    for scene in scenes:
+        assert is_true_of(scene.attributes, scene)  # the checker accepts every true caption
+        negative = contradict(scene.attributes, rng)
+        assert not is_true_of(negative, scene), (scene.caption, negative)
+        assert parse_prompt(make_caption(negative, rng)) == negative
+        before, after = scene.attributes, negative
+        for key in ("color", "shape"):
+            changed[key] += [o[key] for o in before["objects"]] != [o[key] for o in after["objects"]]
+        for key in ("relation", "position"):
+            changed[key] += before[key] != after[key]
+        words = {key: [sorted(o[key] for o in attrs["objects"]) for attrs in (before, after)] for key in ("color", "shape")}
+        movable = len(before["objects"]) == 2 and (before["relation"] is not None or
+                                                   len({o[k] for o in before["objects"] for k in ("color", "shape")}) == 4)
+        if movable:  # a pair keeps its words: colours and shapes are only moved around
+            assert words["color"][0] == words["color"][1] and words["shape"][0] == words["shape"][1]
+    assert all(count > 0.1 * len(scenes) for count in changed.values()), changed
 
 
 def test_captions_vary(scenes):

@@ -143,6 +143,43 @@ def test_clip_loss_counts_repeated_captions_as_right_answers():
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
 
 
+def test_clip_loss_with_hard_negatives_adds_them_to_the_image_side_only():
+    """Negatives widen each image's softmax to 2N captions; the caption -> image side stays N x N. A negative
+    that equals another image's caption counts as right for that image."""
+    torch.manual_seed(0)
+    table = torch.randn(10, 16)
+
+    class Fixed(torch.nn.Module):
+        logit_scale = torch.nn.Parameter(torch.tensor(3.0))
+
+        def embed_images(self, x):
+            return torch.nn.functional.normalize(x, dim=-1)
+
+        def embed_text(self, ids):
+            return torch.nn.functional.normalize(table[ids[:, 1]], dim=-1)
+
+    ids = torch.tensor([[0, 1], [0, 2], [0, 3]])
+    negatives = torch.tensor([[0, 4], [0, 5], [0, 1]])  # the third is image 0's own caption
+    images = torch.randn(3, 16)
+    loss = clip_loss(Fixed(), images, ids, negatives)
+
+    v = torch.nn.functional.normalize(images, dim=-1)
+    t = torch.nn.functional.normalize(table[torch.tensor([1, 2, 3, 4, 5, 1])], dim=-1)
+    s = Fixed.logit_scale.exp() * v @ t.T  # (3, 6)
+    image_target = torch.tensor([[.5, 0, 0, 0, 0, .5], [0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]])
+    image_side = -(image_target * s.log_softmax(1)).sum(1).mean()
+    text_side = -s[:, :3].T.log_softmax(1).diagonal().mean()
+    torch.testing.assert_close(loss, 0.5 * (image_side + text_side), rtol=1e-6, atol=0)
+    assert loss > clip_loss(Fixed(), images, ids) - 1e-6  # more competitors never make it easier here
+
+
+def test_clip_stage_with_hard_negatives_trains(tmp_path, tokenizer):
+    config = CLIPTrainConfig(steps=3, lr=2e-3, hard_negatives=True, **{**TINY, "batch_size": 8, "log_every": 1})
+    train_clip(tiny_text_config(tokenizer), tiny_tower_config(), tokenizer, config, str(tmp_path), projection_dim=32)
+    losses = torch.load(tmp_path / "clip.pt", weights_only=True)["losses"]
+    assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)
+
+
 def tiny_fit(out, steps, resume, time_limit=None):
     """A tiny U-Net trained on a toy objective that uses scenes, the generator, autocast-free CPU and the EMA."""
     torch.manual_seed(0)

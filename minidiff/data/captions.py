@@ -127,3 +127,51 @@ def parse_prompt(text):
         "relation": relation,
         "background": background[1] if background else None,
     }
+
+
+OPPOSITE_RELATION = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+
+
+def contradict(attributes, rng):
+    """Attributes that differ from ``attributes`` in one bound detail, so that a caption made from them is false
+    for the scene while using almost the same words: a *hard negative* for contrastive training.
+
+    Two objects: swap their colours, swap their shapes, or turn the relation around ("a red circle above a
+    blue square" -> "a blue circle above a red square", "a red square above a blue circle", "a red circle
+    below a blue square"; a pair whose words cannot be moved around gets a new colour for its first object).
+    One object: another colour, another shape, or another stated position. Such captions rarely meet by
+    chance in a batch, and a text encoder can tell a pair's from the true one only by reading word order,
+    not just which words occur. rng: a numpy Generator.
+    """
+    objects = [dict(o) for o in attributes["objects"]]
+    changes = []
+    if len(objects) == 2:
+        a, b = objects
+        related = attributes["relation"] is not None
+        # Without a relation, "a blue square and a blue ring" says the same with its shapes swapped.
+        if a["color"] != b["color"] and (related or a["shape"] != b["shape"]):
+            changes.append("swap colours")
+        if a["shape"] != b["shape"] and (related or a["color"] != b["color"]):
+            changes.append("swap shapes")
+        if related:
+            changes.append("reverse relation")
+    else:
+        changes += ["colour", "shape"] + (["position"] if attributes["position"] is not None else [])
+    if not changes:
+        changes.append("colour")  # e.g. "a blue square and a blue ring": nothing to move around
+    change = pick(rng, changes)
+    result = {**attributes, "objects": objects}
+    if change == "swap colours":
+        a["color"], b["color"] = b["color"], a["color"]
+    elif change == "swap shapes":
+        a["shape"], b["shape"] = b["shape"], a["shape"]
+    elif change == "reverse relation":
+        result["relation"] = OPPOSITE_RELATION[attributes["relation"]]
+    elif change == "colour":
+        taken = (*(o["color"] for o in objects), attributes["background"])
+        objects[0]["color"] = pick(rng, [c for c in COLORS if c not in taken])
+    elif change == "shape":
+        objects[0]["shape"] = pick(rng, [s for s in SHAPES if s != objects[0]["shape"]])
+    else:
+        result["position"] = pick(rng, [p for p in POSITIONS if p != attributes["position"]])
+    return result

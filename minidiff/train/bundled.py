@@ -103,8 +103,9 @@ def scheduler_config():
 # The training recipe: each stage's settings (steps are the targets; see weights/README.md for where runs stopped).
 RECIPE = {
     "vae": VAETrainConfig(steps=6000, batch_size=64, lr=4e-4, warmup_steps=200, kl_weight=1e-6),
-    "clip": CLIPTrainConfig(steps=4000, batch_size=512, lr=5e-4, warmup_steps=200, weight_decay=0.1),
-    "unet": UNetTrainConfig(steps=40000, batch_size=128, noise_draws=4, lr=3e-4, warmup_steps=200, ema_decay=0.999,
+    "clip": CLIPTrainConfig(steps=4000, batch_size=512, lr=5e-4, warmup_steps=200, weight_decay=0.1,
+                            hard_negatives=True),
+    "unet": UNetTrainConfig(steps=40000, batch_size=256, noise_draws=4, lr=3e-4, warmup_steps=200, ema_decay=0.999,
                             caption_dropout=0.1),
     "controlnet": ControlNetTrainConfig(steps=8000, batch_size=64, noise_draws=4, lr=2e-4, warmup_steps=100,
                                         ema_decay=0.999, caption_dropout=0.5),

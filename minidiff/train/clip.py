@@ -10,6 +10,18 @@ i.e. each image must pick its caption among the batch's captions, and each capti
 targets Y are usually the identity; when a caption occurs twice in a batch, both of its images count as
 right. Only the text tower goes into the Stable Diffusion model (frozen); the image tower and the two
 projections are kept for the CLIP score of ``minidiff evaluate``.
+
+With ``hard_negatives`` each image also meets a caption that is *almost* its own: the same words with two
+colours or two shapes swapped, or the relation turned around (``captions.contradict``). These N extra
+captions join the image -> text side only (they have no image of their own):
+
+    L = 1/2 [ CE(s_aug, Y_aug) + CE(s^T, Y^T) ],   s_aug = [s | exp(tau) <v_i, t'_j>]  (N, 2N)
+
+Random captions in a batch can be told apart by which words they contain; "a red circle above a blue
+square" and "a blue circle above a red square" only by how the words are bound together. Without such
+pairs a contrastive text encoder learns a bag of words (Yuksekgonul et al., 2023, "When and why
+vision-language models behave like bags-of-words"), and a U-Net conditioned on it mixes up which colour
+belongs to which shape.
 """
 
 import dataclasses
@@ -17,9 +29,12 @@ import json
 import math
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from minidiff.data.captions import contradict, make_caption
 
 from minidiff.loading.safetensors_file import read_safetensors
 from minidiff.models.clip import CLIPTextModel
@@ -33,6 +48,7 @@ class CLIPTrainConfig(TrainConfig):
     lr: float = 5e-4
     warmup_steps: int = 200
     weight_decay: float = 0.1
+    hard_negatives: bool = False  # add a contradicting caption per image (see the module docstring)
 
 
 @dataclasses.dataclass
@@ -113,15 +129,28 @@ def load_clip_folder(folder, text_encoder):
     return clip.eval()
 
 
-def clip_loss(model, images, input_ids):
-    """Symmetric InfoNCE over the batch; identical captions share the target mass. Returns a scalar."""
+def clip_loss(model, images, input_ids, negative_ids=None):
+    """Symmetric InfoNCE over the batch; identical captions share the target mass. Returns a scalar.
+
+    images (N, 3, S, S), input_ids (N, 77): each image's caption. negative_ids (M, 77), optional: extra
+    captions that compete on the image -> text side only (hard negatives; one that happens to equal an
+    image's caption counts as right for that image).
+    """
+    n = len(input_ids)
+    texts = input_ids if negative_ids is None else torch.cat([input_ids, negative_ids])  # (N + M, 77)
     v = model.embed_images(images)  # (N, D)
-    t = model.embed_text(input_ids)  # (N, D)
+    t = model.embed_text(texts)  # (N + M, D)
     with torch.autocast(v.device.type, enabled=False):  # logits up to 100: bfloat16 would round them to ~0.5
-        logits = model.logit_scale.exp().clamp(max=100) * v.float() @ t.float().T  # (N, N): image i vs caption j
-    same = (input_ids[:, None, :] == input_ids[None, :, :]).all(-1).float()  # (N, N): caption i == caption j
-    targets = same / same.sum(1, keepdim=True)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+        logits = model.logit_scale.exp().clamp(max=100) * v.float() @ t.float().T  # (N, N + M): image i vs text j
+    same = (input_ids[:, None, :] == texts[None, :, :]).all(-1).float()  # (N, N + M): caption i == text j
+    image_to_text = F.cross_entropy(logits, same / same.sum(1, keepdim=True))
+    text_to_image = F.cross_entropy(logits[:, :n].T, same[:, :n] / same[:, :n].sum(1, keepdim=True))
+    return 0.5 * (image_to_text + text_to_image)
+
+
+def contradicting_captions(scenes, rng):
+    """One hard-negative caption per scene: its attributes with one bound detail changed (``contradict``)."""
+    return [make_caption(contradict(scene.attributes, rng), rng) for scene in scenes]
 
 
 class TokenCache:
@@ -150,7 +179,11 @@ def train_clip(text_config, image_config, tokenizer, config, out_dir, projection
 
     def loss_fn(scenes, generator):
         images, captions = render(scenes, config, device)
-        return clip_loss(model, images, tokens(captions))
+        negatives = None
+        if config.hard_negatives:  # worded from a NumPy generator seeded by the step's torch generator
+            rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator, device=device)))
+            negatives = tokens(contradicting_captions(scenes, rng))
+        return clip_loss(model, images, tokens(captions), negatives)
 
     fit("clip", model, loss_fn, config, out_dir, resume=resume, time_limit=time_limit)
     return model
