@@ -458,12 +458,14 @@ class Bench:
 
     def minidiff_run(self, ours, ids, noise, steps, unet=None):
         """build() for minidiff's whole run: capture the guided step (a plain step on the CPU), then run."""
+        unet = ours["unet"] if unet is None else unet  # not `unet or ...`: a compiled module has no truth value
+
         def build():
             context = ours["text"](ids).last_hidden_state
             if self.cuda:
-                step = capture_guided_step(unet or ours["unet"], noise.shape, context, GUIDANCE_SCALE)
+                step = capture_guided_step(unet, noise.shape, context, GUIDANCE_SCALE)
             else:
-                step = PlainGuidedStep(unet or ours["unet"], context, GUIDANCE_SCALE)
+                step = PlainGuidedStep(unet, context, GUIDANCE_SCALE)
             return lambda: minidiff_text_to_image(ours["text"], step, ours["vae"], ids, noise, steps)
         return build
 
