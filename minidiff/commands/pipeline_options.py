@@ -36,7 +36,7 @@ def add_arguments(parser, size=True):
     parser.add_argument("--steps", type=int, default=None,
                         help="number of sampler steps (default: 20 for the bundled model, else 25)")
     parser.add_argument("--sampler", choices=SAMPLERS, default=None,
-                        help="the sampler (default: dpmpp_2m for the bundled model, else euler)")
+                        help="the sampler (default: euler_a for the bundled model, else euler)")
     parser.add_argument("--karras", action="store_true", help="Karras noise levels (euler, heun, lms, dpmpp_2m)")
     parser.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic, 1 as noisy as ddpm")
     parser.add_argument("--cfg", type=float, default=None,

@@ -200,7 +200,8 @@ plt.show()
 #
 # Each seed is a different start noise and so a different picture of the same prompt. With one generator per
 # picture a whole grid is one batch: three prompts times three seeds, nine pictures, 18 U-Net rows per step.
-# The sampler here is the bundled model's default, DPM++ 2M, with 12 steps to keep the notebook quick.
+# The sampler here is DPM++ 2M with 12 steps, to keep the notebook quick (it needs fewer steps than the
+# bundled model's default, Euler ancestral, which `python -m minidiff generate` runs for 20).
 
 # %%
 PROMPTS = ["a red circle above a blue square", "a large green triangle on a yellow background",
@@ -234,10 +235,11 @@ print(f"seed 0 in the batch of nine vs alone: largest pixel difference {(grid[0]
 # ## Samplers, same seed
 #
 # The sampler is a plug-in: every sampler starts from the same noise (scaled by its own `init_noise_sigma`) and
-# follows its own rule (lesson 3), here with 10 steps each. The deterministic ones solve the same ODE and end
-# near one another; DDPM and Euler ancestral add fresh noise at every step, so their pictures can differ in
-# details or, for a less certain prompt, altogether. Heun calls the U-Net twice per step (the titles count the
-# calls, which is what the time of a run is proportional to).
+# follows its own rule (lesson 3), here with 10 steps each. The deterministic ones solve the same ODE and
+# should end near one another, though with so few steps one of them can go wrong (look at LMS); DDPM and Euler
+# ancestral add fresh noise at every step, so their pictures can differ in details or, for a less certain
+# prompt, altogether. Heun calls the U-Net twice per step (the titles count the calls, which is what the time of
+# a run is proportional to).
 
 # %%
 fig, axes = plt.subplots(1, len(SAMPLER_NAMES), figsize=(1.6 * len(SAMPLER_NAMES), 2.0))
