@@ -10,6 +10,7 @@ from minidiff.data.captions import (
     BACKGROUND_PHRASES,
     COLORS,
     FRAMES,
+    OPPOSITE_RELATION,
     POSITION_PHRASES,
     RELATION_PHRASES,
     SHAPES,
@@ -98,12 +99,11 @@ def test_captions_state_only_what_the_scene_shows(scenes):
 
 def is_true_of(attributes, scene):
     """Whether a caption stating ``attributes`` describes ``scene`` (objects in either order for a relation)."""
-    flip = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
     drawn = [(o.color, o.shape) for o in scene.objects]
     said = [(o["color"], o["shape"]) for o in attributes["objects"]]
     if attributes["relation"] is not None:
         same = said == drawn and attributes["relation"] == scene.relation
-        swapped = said == drawn[::-1] and attributes["relation"] == flip[scene.relation]
+        swapped = said == drawn[::-1] and attributes["relation"] == OPPOSITE_RELATION[scene.relation]
         if not (same or swapped):
             return False
     elif sorted(said) != sorted(drawn):

@@ -10,13 +10,12 @@ import json
 import pytest
 import torch
 
-from minidiff.models.clip import CLIPTextConfig, CLIPTextModel
 from minidiff.models.controlnet import ControlNetModel
 from minidiff.models.unet import UNet2DConditionModel, UNetConfig
-from minidiff.models.vae import AutoencoderKL, VAEConfig
+from minidiff.models.vae import VAEConfig
 from minidiff.schedule import NoiseSchedule
 from minidiff.train import bundled
-from minidiff.train.clip import CLIP, CLIPTrainConfig, ImageTowerConfig, clip_loss, train_clip
+from minidiff.train.clip import CLIPTrainConfig, ImageTowerConfig, clip_loss, train_clip
 from minidiff.train.common import EMA, TrainConfig, fit, load_checkpoint, slim_checkpoint
 from minidiff.train.controlnet import ControlNetTrainConfig, edge_condition, train_controlnet
 from minidiff.train.unet import LatentBatches, UNetTrainConfig, train_unet
@@ -119,24 +118,30 @@ def test_edge_condition_is_a_white_on_black_canny_map():
     assert edges[0, 0, 16, 7:9].max() == 1 and edges[0, 0, 16, 16] == 0  # on the outline, not inside
 
 
+class FixedEmbeddings(torch.nn.Module):
+    """A stand-in CLIP for clip_loss: images embed as themselves, caption ids[:, 1] as row ids[:, 1] of ``table``."""
+
+    def __init__(self, table, logit_scale):
+        super().__init__()
+        self.table = table
+        self.logit_scale = torch.nn.Parameter(torch.tensor(logit_scale))
+
+    def embed_images(self, x):
+        return torch.nn.functional.normalize(x, dim=-1)
+
+    def embed_text(self, ids):
+        return torch.nn.functional.normalize(self.table[ids[:, 1]], dim=-1)
+
+
 def test_clip_loss_counts_repeated_captions_as_right_answers():
     """With image i == text i embeddings, duplicates make the plain identity target wrong; ours is not."""
     torch.manual_seed(0)
-
-    class Fixed(torch.nn.Module):
-        logit_scale = torch.nn.Parameter(torch.tensor(4.0))
-
-        def embed_images(self, x):
-            return torch.nn.functional.normalize(x, dim=-1)
-
-        def embed_text(self, ids):
-            return torch.nn.functional.normalize(table[ids[:, 1]], dim=-1)
-
     table = torch.randn(10, 16)
+    model = FixedEmbeddings(table, 4.0)
     ids = torch.tensor([[0, 1], [0, 2], [0, 1], [0, 3]])  # captions 0 and 2 are the same
     images = table[ids[:, 1]]
-    loss = clip_loss(Fixed(), images, ids)
-    s = Fixed.logit_scale.exp() * torch.nn.functional.normalize(images, dim=-1) @ \
+    loss = clip_loss(model, images, ids)
+    s = model.logit_scale.exp() * torch.nn.functional.normalize(images, dim=-1) @ \
         torch.nn.functional.normalize(images, dim=-1).T
     target = torch.tensor([[.5, 0, .5, 0], [0, 1, 0, 0], [.5, 0, .5, 0], [0, 0, 0, 1]])
     expected = -(target * s.log_softmax(1)).sum(1).mean()  # symmetric matrix: both directions equal
@@ -148,29 +153,20 @@ def test_clip_loss_with_hard_negatives_adds_them_to_the_image_side_only():
     that equals another image's caption counts as right for that image."""
     torch.manual_seed(0)
     table = torch.randn(10, 16)
-
-    class Fixed(torch.nn.Module):
-        logit_scale = torch.nn.Parameter(torch.tensor(3.0))
-
-        def embed_images(self, x):
-            return torch.nn.functional.normalize(x, dim=-1)
-
-        def embed_text(self, ids):
-            return torch.nn.functional.normalize(table[ids[:, 1]], dim=-1)
-
+    model = FixedEmbeddings(table, 3.0)
     ids = torch.tensor([[0, 1], [0, 2], [0, 3]])
     negatives = torch.tensor([[0, 4], [0, 5], [0, 1]])  # the third is image 0's own caption
     images = torch.randn(3, 16)
-    loss = clip_loss(Fixed(), images, ids, negatives)
+    loss = clip_loss(model, images, ids, negatives)
 
     v = torch.nn.functional.normalize(images, dim=-1)
     t = torch.nn.functional.normalize(table[torch.tensor([1, 2, 3, 4, 5, 1])], dim=-1)
-    s = Fixed.logit_scale.exp() * v @ t.T  # (3, 6)
+    s = model.logit_scale.exp() * v @ t.T  # (3, 6)
     image_target = torch.tensor([[.5, 0, 0, 0, 0, .5], [0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]])
     image_side = -(image_target * s.log_softmax(1)).sum(1).mean()
     text_side = -s[:, :3].T.log_softmax(1).diagonal().mean()
     torch.testing.assert_close(loss, 0.5 * (image_side + text_side), rtol=1e-6, atol=0)
-    assert loss > clip_loss(Fixed(), images, ids) - 1e-6  # more competitors never make it easier here
+    assert loss > clip_loss(model, images, ids) - 1e-6  # more competitors never make it easier here
 
 
 def test_clip_stage_with_hard_negatives_trains(tmp_path, tokenizer):
