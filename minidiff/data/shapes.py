@@ -225,15 +225,21 @@ def render_scenes(scenes, size=128, device="cpu"):
     return images.view(-1, 3, size, size)
 
 
+def numpy_generator(rng):
+    """A numpy Generator from a torch.Generator (one number is drawn from it as the seed, so what follows depends
+    only on the torch generator's state), from a numpy Generator (returned as it is) or from an int seed."""
+    if isinstance(rng, torch.Generator):
+        rng = int(torch.randint(2**62, (1,), generator=rng, device=rng.device))
+    return np.random.default_rng(rng)
+
+
 def sample_batch(rng, batch_size, size=128, device="cpu"):
     """A fresh training batch: (images (B, 3, size, size) float32 in [-1, 1] on device, captions, scenes).
 
     rng: a torch.Generator (one number is drawn from it to seed the scenes, so the batch depends only on the
     generator's state), a numpy Generator, or an int seed.
     """
-    if isinstance(rng, torch.Generator):
-        rng = int(torch.randint(2**62, (1,), generator=rng, device=rng.device))
-    rng = np.random.default_rng(rng)
+    rng = numpy_generator(rng)
     scenes = [sample_scene(rng) for _ in range(batch_size)]
     images = render_scenes(scenes, size, device).mul_(2).sub_(1)
     return images, [scene.caption for scene in scenes], scenes

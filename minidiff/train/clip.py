@@ -29,13 +29,12 @@ import json
 import math
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from minidiff.data.captions import contradict, make_caption
-
+from minidiff.data.shapes import numpy_generator
 from minidiff.loading.safetensors_file import read_safetensors
 from minidiff.models.clip import CLIPTextModel
 from minidiff.train.common import TrainConfig, fit, render
@@ -181,8 +180,7 @@ def train_clip(text_config, image_config, tokenizer, config, out_dir, projection
         images, captions = render(scenes, config, device)
         negatives = None
         if config.hard_negatives:  # worded from a NumPy generator seeded by the step's torch generator
-            rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator, device=device)))
-            negatives = tokens(contradicting_captions(scenes, rng))
+            negatives = tokens(contradicting_captions(scenes, numpy_generator(generator)))
         return clip_loss(model, images, tokens(captions), negatives)
 
     fit("clip", model, loss_fn, config, out_dir, resume=resume, time_limit=time_limit)
