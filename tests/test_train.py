@@ -16,7 +16,7 @@ from minidiff.models.vae import VAEConfig
 from minidiff.schedule import NoiseSchedule
 from minidiff.train import bundled
 from minidiff.train.clip import CLIPTrainConfig, ImageTowerConfig, clip_loss, train_clip
-from minidiff.train.common import EMA, TrainConfig, fit, load_checkpoint, slim_checkpoint
+from minidiff.train.common import EMA, TrainConfig, fit, learning_rate, load_checkpoint, slim_checkpoint
 from minidiff.train.controlnet import ControlNetTrainConfig, edge_condition, train_controlnet
 from minidiff.train.unet import LatentBatches, UNetTrainConfig, train_unet
 from minidiff.train.vae import VAETrainConfig, train_vae
@@ -275,3 +275,33 @@ def test_import_of_the_bundled_folder_resumes_at_its_steps_and_exports_it_unchan
         a, b = read_safetensors(weights / f), read_safetensors(tmp_path / "again" / f)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
     assert json.loads((tmp_path / "again" / "training.json").read_text())["steps"] == steps
+
+
+def test_learning_rate_warms_up_holds_and_cools_down_to_zero():
+    config = TrainConfig(steps=100, lr=1.0, warmup_steps=10, cooldown_steps=40)
+    rates = [learning_rate(config, step) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == 1.0  # warm-up: 1/10 ... 10/10
+    assert rates[10:60] == [1.0] * 50  # constant until the cool-down starts at step 60
+    assert rates[60] == 1.0 and rates[80] == pytest.approx(0.5) and rates[99] == pytest.approx(1 / 40)
+    assert all(a >= b for a, b in zip(rates[60:], rates[61:]))  # falls steadily
+    # A resumed run without AdamW moments warms up again from where it resumed, and still ends cooled down.
+    assert learning_rate(config, 70, warm_from=70) == pytest.approx(0.1)
+    assert learning_rate(config, 95, warm_from=70) == pytest.approx(5 / 40)
+    no_cooldown = TrainConfig(steps=100, lr=1.0, warmup_steps=10)
+    assert learning_rate(no_cooldown, 99) == 1.0
+
+
+def test_decoder_fine_tuning_keeps_the_latent_space(tmp_path):
+    out = str(tmp_path)
+    first = train_vae(tiny_vae_config(), VAETrainConfig(steps=4, lr=3e-3, **TINY), out)
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    config = VAETrainConfig(steps=10, lr=3e-3, train_encoder=False, **TINY)
+    tuned = train_vae(first.config, config, out)  # resumes at step 4 from out/vae.pt, decoder only
+    after = tuned.state_dict()
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and decoder and len(encoder) + len(decoder) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in encoder)  # the same latents for every image
+    assert sum(not torch.equal(before[k], after[k]) for k in decoder) > len(decoder) // 2
+    assert tuned.config.scaling_factor == first.config.scaling_factor  # not measured again
+    assert torch.load(f"{out}/vae.pt", weights_only=True)["step"] == 10

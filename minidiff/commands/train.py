@@ -21,6 +21,10 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, help="total steps of the stage (default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    parser.add_argument("--cooldown", type=int, metavar="STEPS",
+                        help="let the learning rate fall linearly to 0 over the last STEPS steps of --steps")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="vae: fine-tune the decoder alone; the latent space, and so the U-Net, stay valid")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the scenes and the noise")
     parser.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this many minutes")
     parser.add_argument("--to", default="weights", help="export: the model folder to write (must not exist)")
@@ -42,9 +46,15 @@ def run(args):
         done = ", ".join(f"{name} at step {step}" for name, step in steps.items())
         print(f"wrote checkpoints to {args.out}: {done}; each stage now resumes from there")
         return 0
+    if args.cooldown is not None and args.steps is None:
+        raise SystemExit("--cooldown counts back from the last step: give --steps as well (the step to end at).")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr))
-                 if v is not None}
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("cooldown_steps", args.cooldown)) if v is not None}
+    if args.decoder_only:
+        if args.stage != "vae":
+            raise SystemExit("--decoder-only applies to the vae stage only.")
+        overrides["train_encoder"] = False
     time_limit = args.minutes * 60 if args.minutes is not None else None
     bundled.run_stage(args.stage, args.out, device=device, seed=args.seed, time_limit=time_limit, **overrides)
     print(f"{args.stage}: checkpoint, log and loss plot in {args.out}")

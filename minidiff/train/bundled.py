@@ -154,7 +154,9 @@ def run_stage(stage, out_dir, device="cuda", seed=0, time_limit=None, **override
     tokenizer = make_tokenizer()
     config = dataclasses.replace(RECIPE[stage], device=device, seed=seed, **overrides)
     if stage == "vae":
-        vae = train_vae(vae_config(), config, out_dir, time_limit=time_limit)
+        # Fine-tuning the decoder alone keeps the latent space, so its measured scaling_factor is kept too.
+        vae_cfg = vae_config() if config.train_encoder else trained_vae(out_dir).config
+        vae = train_vae(vae_cfg, config, out_dir, time_limit=time_limit)
         with open(os.path.join(out_dir, "vae.json"), "w") as f:
             json.dump(vae.config.to_dict(), f, indent=2)
         return vae

@@ -7,7 +7,7 @@ stage's objective. ``fit`` is the loop they all share:
     for step in range(start, steps):
         scenes = draw_scenes(seed, step)              # the batch and the noise depend on (seed, step) only
         loss = loss_fn(scenes, step_generator(seed, step))
-        loss.backward(); clip the gradient norm; AdamW step with linear warm-up
+        loss.backward(); clip the gradient norm; AdamW step with linear warm-up (and cool-down)
         ema <- decay * ema + (1 - decay) * weights
 
 Because every random draw of a step comes from a generator seeded by ``(seed, step)``, stopping at any
@@ -38,6 +38,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-4
     warmup_steps: int = 100
+    cooldown_steps: int = 0  # the lr falls linearly to 0 over the last cooldown_steps of `steps` (0: no cool-down)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 turns the EMA off
@@ -107,8 +108,18 @@ class EMA:
 
 
 def learning_rate(config, step, warm_from=0):
-    """Linear warm-up from lr/warmup_steps to lr over ``warmup_steps`` steps (counted from ``warm_from``), then lr."""
-    return config.lr * min(1.0, (step - warm_from + 1) / max(1, config.warmup_steps))
+    """The lr for 0-based ``step``: linear warm-up from lr/warmup_steps to lr over ``warmup_steps`` steps (counted
+    from ``warm_from``), then lr; over the last ``cooldown_steps`` of ``config.steps`` it falls linearly towards 0.
+
+        lr(step) = lr * min(1, (step - warm_from + 1) / warmup_steps, (steps - step) / cooldown_steps)
+
+    The cool-down is the cheap way to finish a run trained at a constant lr: the last steps average out
+    the noise of the large ones before them, as the EMA does, and the loss drops a little further.
+    """
+    scale = min(1.0, (step - warm_from + 1) / max(1, config.warmup_steps))
+    if config.cooldown_steps > 0:
+        scale = min(scale, (config.steps - step) / config.cooldown_steps)
+    return config.lr * scale
 
 
 def save_checkpoint(path, model, optimizer, ema, step, losses, config, with_optimizer=True):
@@ -133,13 +144,18 @@ def save_checkpoint(path, model, optimizer, ema, step, losses, config, with_opti
 def load_checkpoint(path, model, optimizer=None, ema=None):
     """Restore what ``save_checkpoint`` wrote; returns (step, losses, has_optimizer_state).
 
-    A checkpoint without an EMA (a ``slim_checkpoint``) restarts the average from the loaded weights.
+    A checkpoint without an EMA (a ``slim_checkpoint``) restarts the average from the loaded weights. AdamW's
+    moments are restored only when they belong to the same parameters (not when, say, a VAE trained whole
+    goes on with its decoder alone); otherwise AdamW restarts, as from a slim checkpoint.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     if ema is not None:
         ema.load_state_dict(state["ema"] if state["ema"] is not None else EMA(model, ema.decay).state_dict())
     has_optimizer = state["optimizer"] is not None
+    if has_optimizer and optimizer is not None:
+        sizes = [len(group["params"]) for group in optimizer.param_groups]
+        has_optimizer = sizes == [len(group["params"]) for group in state["optimizer"]["param_groups"]]
     if optimizer is not None and has_optimizer:
         optimizer.load_state_dict(state["optimizer"])
     return state["step"], state["losses"], has_optimizer
