@@ -8,6 +8,10 @@
     4. CLIP score 100 * cos(image embedding, prompt embedding) with the CLIP trained beside the model
                   (weights/clip/), when the model folder has one
 
+Reconstruction: rendered scenes that fit such prompts, passed through the VAE (encode, decode) and read back
+the same way. No generated picture can be much better than the decoder can draw, so this is the ceiling the
+VAE sets for the rates above.
+
 ControlNet: edges of rendered scenes are the condition; the Canny edges of the generated picture are compared
 with them. Edge F1 = 2PR / (P + R), where an edge pixel counts as matched if the other map has an edge within
 one pixel. The same prompts without the ControlNet give the baseline.
@@ -101,6 +105,46 @@ def attribute_rates(prompts, images):
     return results
 
 
+def reconstruction_prompts(samples, seed=0):
+    """``samples`` rendered scenes, alternating one object and two in a relation as ``make_prompts`` does, each
+    with the prompt ``make_prompts`` would write for it (colours and shapes, and the pair's relation).
+
+    Returns the scenes and a list of (kind, prompt); sizes, positions and backgrounds are the generator's.
+    """
+    rng = np.random.default_rng(seed)
+    scenes, prompts = [], []
+    while len(scenes) < samples:
+        scene, kind = sample_scene(rng), ("single", "pair")[len(scenes) % 2]
+        names = [with_article(f"{o.color} {o.shape}") for o in scene.objects]
+        if kind == "single" and len(names) == 1:
+            prompt = names[0]
+        elif kind == "pair" and len(names) == 2 and scene.objects[0].color != scene.objects[1].color:
+            prompt = f"{names[0]} {RELATION_PHRASES[scene.relation][0]} {names[1]}"
+        else:
+            continue
+        scenes.append(scene)
+        prompts.append((kind, prompt))
+    return scenes, prompts
+
+
+@torch.no_grad()
+def reconstruction_rates(vae, samples, seed=0, batch_size=50):
+    """Attribute rates of ``reconstruction_prompts`` scenes after a VAE round trip (the mean latent, decoded).
+
+    Returns (rates as ``attribute_rates`` gives them, the reconstructed pictures (N, 3, H, W) in [0, 1]).
+    """
+    scenes, prompts = reconstruction_prompts(samples, seed)
+    size = vae.config.sample_size
+    parameter = next(vae.parameters())
+    pictures = []
+    for start in range(0, samples, batch_size):
+        images = render_scenes(scenes[start : start + batch_size], size).to(parameter) * 2 - 1  # (B, 3, H, W)
+        decoded = vae.decode(vae.encode(images).mode())  # (B, 3, H, W), roughly in [-1, 1]
+        pictures.append(((decoded.float() + 1) / 2).clamp(0, 1).cpu())
+    pictures = torch.cat(pictures)
+    return attribute_rates(prompts, pictures), pictures
+
+
 def edge_f1(predicted, target):
     """F1 of two boolean edge maps (B, H, W), with a one-pixel tolerance each way. Returns (B,)."""
     precision = (predicted & dilate(target)).flatten(1).sum(1) / predicted.flatten(1).sum(1).clamp(min=1)
@@ -127,8 +171,11 @@ def control_f1(sd, samples, seed, sampler, steps, guidance):
 
 
 def evaluate(model, samples=200, seed=0, sampler="dpmpp_2m", steps=20, guidance=5.0, control_samples=0,
-             device="cpu"):
-    """Generate ``samples`` pictures from ``make_prompts`` and score them; returns a JSON-ready dict."""
+             device="cpu", reconstruction_samples=0):
+    """Generate ``samples`` pictures from ``make_prompts`` and score them; returns a JSON-ready dict.
+
+    reconstruction_samples: also score that many VAE round trips of rendered scenes (``reconstruction_rates``).
+    """
     from minidiff.pipelines import StableDiffusion
 
     sd = StableDiffusion.from_pretrained(model, device=device)
@@ -140,6 +187,8 @@ def evaluate(model, samples=200, seed=0, sampler="dpmpp_2m", steps=20, guidance=
         clip_score = CLIPScorer(model, sd)(images.cpu(), [p for _, p in prompts])
         report["clip_score"] = {kind: float(clip_score[[k == kind for k, _ in prompts]].mean())
                                 for kind in COLUMNS if any(k == kind for k, _ in prompts)}
+    if reconstruction_samples:
+        report["reconstruction"] = reconstruction_rates(sd.vae, reconstruction_samples, seed)[0]
     if control_samples and sd.controlnet is not None:
         report["edge_f1"] = control_f1(sd, control_samples, seed, sampler, steps, guidance)
     return report, images
@@ -153,6 +202,9 @@ def format_table(report):
         cells = "  ".join(f"{c} {100 * entry[c]:5.1f}%" for c in COLUMNS[kind])
         clip = report.get("clip_score", {}).get(kind)
         lines.append(f"{kind:6s} (n={entry['samples']:3d})  {cells}" + (f"  clip {clip:5.1f}" if clip else ""))
+    for kind, entry in report.get("reconstruction", {}).items():
+        cells = "  ".join(f"{c} {100 * entry[c]:5.1f}%" for c in COLUMNS[kind])
+        lines.append(f"{kind:6s} (n={entry['samples']:3d})  {cells}  <- rendered scenes through the VAE, not generated")
     if "edge_f1" in report:
         lines.append("edge F1: " + ", ".join(f"{k} {v:.3f}" for k, v in report["edge_f1"].items()))
     return "\n".join(lines)

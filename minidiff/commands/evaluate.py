@@ -3,6 +3,7 @@
     python -m minidiff evaluate                          # the bundled model, 200 samples
     python -m minidiff evaluate --samples 400 --sampler euler --steps 30 --cfg 7.5 --json results.json
     python -m minidiff evaluate --control 50             # also edge F1 of the ControlNet vs no control
+    python -m minidiff evaluate --reconstruct 200        # also the ceiling the VAE sets (its round trips, scored)
 
 Prompts, detector and scores: see minidiff/evaluate.py.
 """
@@ -20,6 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=BUNDLED_DEFAULTS["steps"], help="sampler steps")
     parser.add_argument("--cfg", type=float, default=BUNDLED_DEFAULTS["cfg"], help="classifier-free guidance scale")
     parser.add_argument("--control", type=int, default=0, help="also score the ControlNet on this many scenes")
+    parser.add_argument("--reconstruct", type=int, default=0, metavar="N",
+                        help="also score N rendered scenes after a VAE round trip: the most the decoder allows")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", default=None, help="write the full report here (default: outputs/evaluate.json)")
     parser.add_argument("--grid", default=None, help="also save the first 32 pictures as one PNG here")
@@ -38,7 +41,10 @@ def run(args):
         raise ValueError(f"--samples must be at least 1, got {args.samples}")
     model = args.model or str(BUNDLED_MODEL)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    report, images = evaluate(model, args.samples, args.seed, args.sampler, args.steps, args.cfg, args.control, device)
+    if args.reconstruct < 0 or args.control < 0:
+        raise ValueError("--reconstruct and --control count samples: 0 or more")
+    report, images = evaluate(model, args.samples, args.seed, args.sampler, args.steps, args.cfg, args.control, device,
+                              reconstruction_samples=args.reconstruct)
     print(format_table(report))
     path = Path(args.json or "outputs/evaluate.json")
     path.parent.mkdir(parents=True, exist_ok=True)
