@@ -9,8 +9,9 @@
                   (weights/clip/), when the model folder has one
 
 Reconstruction: rendered scenes that fit such prompts, passed through the VAE (encode, decode) and read back
-the same way. No generated picture can be much better than the decoder can draw, so this is the ceiling the
-VAE sets for the rates above.
+the same way. Every generated picture is drawn by that decoder too, so when these rates are low the VAE, not
+the U-Net, is what limits the model. (They are a reference, not a strict bound: the scenes have the data's
+mix of small and large objects, and a model that draws mostly large ones can score above them.)
 
 ControlNet: edges of rendered scenes are the condition; the Canny edges of the generated picture are compared
 with them. Edge F1 = 2PR / (P + R), where an edge pixel counts as matched if the other map has an edge within
@@ -129,7 +130,8 @@ def reconstruction_prompts(samples, seed=0):
 
 @torch.no_grad()
 def reconstruction_rates(vae, samples, seed=0, batch_size=50):
-    """Attribute rates of ``reconstruction_prompts`` scenes after a VAE round trip (the mean latent, decoded).
+    """Attribute rates of ``reconstruction_prompts`` scenes after a VAE round trip (the mean latent, decoded):
+    what the decoder allows the whole model.
 
     Returns (rates as ``attribute_rates`` gives them, the reconstructed pictures (N, 3, H, W) in [0, 1]).
     """

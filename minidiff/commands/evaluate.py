@@ -3,7 +3,7 @@
     python -m minidiff evaluate                          # the bundled model, 200 samples
     python -m minidiff evaluate --samples 400 --sampler euler --steps 30 --cfg 7.5 --json results.json
     python -m minidiff evaluate --control 50             # also edge F1 of the ControlNet vs no control
-    python -m minidiff evaluate --reconstruct 200        # also the ceiling the VAE sets (its round trips, scored)
+    python -m minidiff evaluate --reconstruct 200        # also VAE round trips of rendered scenes, scored
 
 Prompts, detector and scores: see minidiff/evaluate.py.
 """
@@ -22,7 +22,7 @@ def add_arguments(parser):
     parser.add_argument("--cfg", type=float, default=BUNDLED_DEFAULTS["cfg"], help="classifier-free guidance scale")
     parser.add_argument("--control", type=int, default=0, help="also score the ControlNet on this many scenes")
     parser.add_argument("--reconstruct", type=int, default=0, metavar="N",
-                        help="also score N rendered scenes after a VAE round trip: the most the decoder allows")
+                        help="also score N rendered scenes after a VAE round trip: what the decoder allows")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", default=None, help="write the full report here (default: outputs/evaluate.json)")
     parser.add_argument("--grid", default=None, help="also save the first 32 pictures as one PNG here")
