@@ -175,3 +175,13 @@ def test_help_lists_every_command(capsys):
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in COMMANDS)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "unet", "--cooldown", "100"], "give --steps as well"),
+    (["train", "unet", "--decoder-only"], "vae stage only"),
+])
+def test_train_refuses_options_that_cannot_apply(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        cli.main([*argv, "--out", str(tmp_path)])
+    assert message in str(stop.value)
