@@ -200,13 +200,15 @@ def format_table(report):
     """The report as a small text table: one row per kind of prompt, one column per request (percent)."""
     lines = [f"{report['samples']} samples, {report['sampler']} {report['steps']} steps, guidance {report['guidance']}, "
              f"seed {report['seed']}"]
+    def row(kind, entry):
+        cells = "  ".join(f"{c} {100 * entry[c]:5.1f}%" for c in COLUMNS[kind])
+        return f"{kind:6s} (n={entry['samples']:3d})  {cells}"
+
     for kind, entry in report["attributes"].items():
-        cells = "  ".join(f"{c} {100 * entry[c]:5.1f}%" for c in COLUMNS[kind])
         clip = report.get("clip_score", {}).get(kind)
-        lines.append(f"{kind:6s} (n={entry['samples']:3d})  {cells}" + (f"  clip {clip:5.1f}" if clip else ""))
+        lines.append(row(kind, entry) + (f"  clip {clip:5.1f}" if clip else ""))
     for kind, entry in report.get("reconstruction", {}).items():
-        cells = "  ".join(f"{c} {100 * entry[c]:5.1f}%" for c in COLUMNS[kind])
-        lines.append(f"{kind:6s} (n={entry['samples']:3d})  {cells}  <- rendered scenes through the VAE, not generated")
+        lines.append(row(kind, entry) + "  <- rendered scenes through the VAE, not generated")
     if "edge_f1" in report:
         lines.append("edge F1: " + ", ".join(f"{k} {v:.3f}" for k, v in report["edge_f1"].items()))
     return "\n".join(lines)

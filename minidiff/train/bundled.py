@@ -133,10 +133,15 @@ def load_trained(model, out_dir, name):
     return model.eval()
 
 
-def trained_vae(out_dir):
-    """The VAE of the 'vae' stage, with the scaling_factor measured after it (saved in out_dir/vae.json)."""
+def trained_vae_config(out_dir):
+    """The config of the 'vae' stage's VAE, with the scaling_factor measured after it (out_dir/vae.json)."""
     with open(os.path.join(out_dir, "vae.json")) as f:
-        return load_trained(AutoencoderKL(VAEConfig.from_dict(json.load(f))), out_dir, "vae")
+        return VAEConfig.from_dict(json.load(f))
+
+
+def trained_vae(out_dir):
+    """The VAE of the 'vae' stage, with the scaling_factor measured after it."""
+    return load_trained(AutoencoderKL(trained_vae_config(out_dir)), out_dir, "vae")
 
 
 def trained_clip(out_dir, tokenizer):
@@ -155,7 +160,7 @@ def run_stage(stage, out_dir, device="cuda", seed=0, time_limit=None, **override
     config = dataclasses.replace(RECIPE[stage], device=device, seed=seed, **overrides)
     if stage == "vae":
         # Fine-tuning the decoder alone keeps the latent space, so its measured scaling_factor is kept too.
-        vae_cfg = vae_config() if config.train_encoder else trained_vae(out_dir).config
+        vae_cfg = vae_config() if config.train_encoder else trained_vae_config(out_dir)
         vae = train_vae(vae_cfg, config, out_dir, time_limit=time_limit)
         with open(os.path.join(out_dir, "vae.json"), "w") as f:
             json.dump(vae.config.to_dict(), f, indent=2)

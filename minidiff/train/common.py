@@ -153,11 +153,11 @@ def load_checkpoint(path, model, optimizer=None, ema=None):
     if ema is not None:
         ema.load_state_dict(state["ema"] if state["ema"] is not None else EMA(model, ema.decay).state_dict())
     has_optimizer = state["optimizer"] is not None
-    if has_optimizer and optimizer is not None:
+    if optimizer is not None and has_optimizer:
         sizes = [len(group["params"]) for group in optimizer.param_groups]
         has_optimizer = sizes == [len(group["params"]) for group in state["optimizer"]["param_groups"]]
-    if optimizer is not None and has_optimizer:
-        optimizer.load_state_dict(state["optimizer"])
+        if has_optimizer:
+            optimizer.load_state_dict(state["optimizer"])
     return state["step"], state["losses"], has_optimizer
 
 
