@@ -23,7 +23,7 @@ from minidiff.samplers import make_sampler
 class ControlNetGuidance(PipelineBase):
     @torch.no_grad()
     def control(self, prompt, control_image, controlnet_scale=1.0, guidance_start=0.0, guidance_end=1.0,
-                negative_prompt=None, steps=25, sampler="euler", karras=False, eta=0.0, guidance_scale=7.5,
+                negative_prompt=None, steps=25, sampler="euler", karras=None, eta=0.0, guidance_scale=7.5,
                 seed=None, generator=None, num_images_per_prompt=1, clip_skip=None, callback=None,
                 return_trajectory=False, progress=True):
         """prompt, control_image (PIL, or (1, 3, H, W) / (1, 1, H, W) in [0, 1], e.g. white edges on black) ->

@@ -20,7 +20,7 @@ from minidiff.samplers import make_sampler
 class ImageToImage(PipelineBase):
     @torch.no_grad()
     def image_to_image(self, prompt, image, strength=0.75, negative_prompt=None, steps=25, sampler="euler",
-                       karras=False, eta=0.0, guidance_scale=7.5, seed=None, generator=None,
+                       karras=None, eta=0.0, guidance_scale=7.5, seed=None, generator=None,
                        num_images_per_prompt=1, clip_skip=None, callback=None, return_trajectory=False,
                        progress=True):
         """prompt, image (PIL, or tensor (3, H, W) / (1, 3, H, W) in [0, 1]; H and W multiples of 8) ->

@@ -25,7 +25,7 @@ from minidiff.samplers import make_sampler, randn
 class Inpaint(PipelineBase):
     @torch.no_grad()
     def inpaint(self, prompt, image, mask, strength=1.0, negative_prompt=None, steps=25, sampler="euler",
-                karras=False, eta=0.0, guidance_scale=7.5, seed=None, generator=None, num_images_per_prompt=1,
+                karras=None, eta=0.0, guidance_scale=7.5, seed=None, generator=None, num_images_per_prompt=1,
                 clip_skip=None, callback=None, return_trajectory=False, progress=True):
         """prompt, image (PIL or (1, 3, H, W) in [0, 1]), mask (PIL or (1, 1, H, W); >= 0.5 means repaint) ->
         PipelineResult with images (B, 3, H, W). The other arguments are those of ``text_to_image``."""

@@ -15,14 +15,15 @@ from minidiff.samplers import make_sampler
 
 class TextToImage(PipelineBase):
     @torch.no_grad()
-    def text_to_image(self, prompt, negative_prompt=None, steps=25, sampler="euler", karras=False, eta=0.0,
+    def text_to_image(self, prompt, negative_prompt=None, steps=25, sampler="euler", karras=None, eta=0.0,
                       guidance_scale=7.5, seed=None, generator=None, width=None, height=None,
                       num_images_per_prompt=1, clip_skip=None, callback=None, return_trajectory=False,
                       progress=True):
         """prompt (str or list of P str) -> PipelineResult with images (P * num_images_per_prompt, 3, H, W).
 
         negative_prompt: the text to steer away from (default ""); sampler: one of ``SAMPLER_NAMES``; karras:
-        Karras σ spacing; eta: DDIM's noise; width/height: multiples of 8, default the U-Net's native size;
+        Karras σ spacing (None: the model's ``use_karras_sigmas``, as in diffusers); eta: DDIM's noise;
+        width/height: multiples of 8, default the U-Net's native size;
         clip_skip: condition on an earlier CLIP layer; callback(i, t, x, x0_pred) after each call may return a
         new x; return_trajectory: keep every step's latents and x_0 prediction; progress: show a progress bar.
         """
