@@ -6,13 +6,15 @@ Tolerances: max relative error <= 1e-5 in float32, <= 1e-12 in float64 (same for
 import pytest
 import torch
 from diffusers import UNet2DConditionModel as DiffusersUNet
-from test_unet import SMALL_CONFIGS, inputs, randomize_, rel_err
+from test_unet import SMALL_CONFIGS, inputs, rel_err
 
 import minidiff.models.attention as attention_module
 import minidiff.models.transformer as transformer_module
 from minidiff.models.attention import attention, attention_reference
+from minidiff.models.config import UNetConfig
 from minidiff.models.transformer import CrossAttention
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
+from minidiff.models.unet import UNet2DConditionModel
+from minidiff.tools.bench.configs import randomize_
 
 
 def qkv(T_q, T_k, dtype, seed=0):

@@ -1,8 +1,9 @@
 """The bundled model in weights/ is a real Stable Diffusion folder: diffusers loads it with ``from_pretrained``
 and draws the same pictures as minidiff (same seed, same sampler), with and without its ControlNet.
 
-TOL is on float32 images in [0, 1] before 8-bit rounding. The two libraries run the same float32 arithmetic
-in a slightly different order, so the pictures agree to a few 1e-6 rather than bit for bit.
+TOL is the max relative error max |a - b| / max |b| of the float32 images in [0, 1], before 8-bit rounding. On
+the CPU the two libraries run the same float32 operations in the same order and the pictures come out bit for
+bit equal; 1e-5 leaves room for kernels that sum in another order elsewhere.
 """
 
 from pathlib import Path
@@ -18,7 +19,7 @@ from minidiff.loading.safetensors_file import read_safetensors_header
 from minidiff.pipelines import StableDiffusion
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-TOL = 1e-3
+TOL = 1e-5
 PROMPT = "a red circle above a blue square"
 SETTINGS = dict(width=128, height=128, guidance_scale=5.0)
 
@@ -40,8 +41,8 @@ def reference(pipeline_class, sampler):
 def assert_close(ours, expected):
     assert ours.shape == expected.shape
     assert expected.std() > 0.05, "the reference picture is nearly constant: is the model trained?"
-    error = (ours - expected).abs().max().item()
-    assert error <= TOL, f"max abs error {error:.3g} > {TOL}"
+    error = ((ours - expected).abs().max() / expected.abs().max()).item()
+    assert error <= TOL, f"max relative error {error:.3g} > {TOL}"
 
 
 def test_the_folder_is_float16_safetensors_within_60_mb_in_files_of_16_mb():

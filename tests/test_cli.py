@@ -4,8 +4,14 @@ Each runs through ``minidiff.cli.main`` on the tiny random model (tests/tiny_pip
 writes exactly the pixels the pipeline computes; a failing one prints one ``error:`` line, exits 1 and writes nothing.
 """
 
+import json
+import shutil
+
+import diffusers
 import numpy as np
 import pytest
+import tiny_pipeline
+import torch
 from PIL import Image
 from tiny_pipeline import tiny_model
 
@@ -181,7 +187,52 @@ def test_help_lists_every_command(capsys):
     (["train", "unet", "--cooldown", "100"], "give --steps as well"),
     (["train", "unet", "--decoder-only"], "vae stage only"),
 ])
-def test_train_refuses_options_that_cannot_apply(argv, message, capsys, tmp_path):
-    with pytest.raises(SystemExit) as stop:
-        cli.main([*argv, "--out", str(tmp_path)])
-    assert message in str(stop.value)
+def test_train_refuses_options_that_cannot_apply_in_one_error_line_without_a_traceback(argv, message, capsys,
+                                                                                       tmp_path):
+    code, stdout, err = run([*argv, "--out", tmp_path], capsys)
+    error, *rest = err.splitlines()
+    assert code == 1 and not stdout and error.startswith("error: ") and message in error, err
+    assert rest == ["(run again with --debug for the full traceback)"], err
+
+
+def test_train_import_continues_from_the_bundled_model_from_any_folder(tmp_path, capsys, monkeypatch):
+    from minidiff.train import bundled
+
+    monkeypatch.chdir(tmp_path)  # no weights/ here: the default is the bundled model, not ./weights
+    read = []
+    monkeypatch.setattr(bundled, "import_folder", lambda folder, out: read.append(folder) or {"vae": 7})
+    code, stdout, _ = run(["train", "import", "--out", tmp_path / "runs"], capsys)
+    assert code == 0 and read == [pipeline_options.BUNDLED_MODEL] and "vae at step 7" in stdout
+
+
+@pytest.fixture(scope="module")
+def karras_model(tmp_path_factory):
+    """The tiny model (without its ControlNet) with ``use_karras_sigmas: true`` in its scheduler_config.json."""
+    folder = tmp_path_factory.mktemp("karras") / "tiny-sd"
+    shutil.copytree(tiny_model().path, folder, ignore=shutil.ignore_patterns("controlnet"))
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "use_karras_sigmas": True}))
+    return folder
+
+
+@pytest.mark.parametrize("flag, karras", [([], True), (["--no-karras"], False)], ids=["default", "no-karras"])
+def test_generate_uses_the_models_karras_setting_unless_told_otherwise_as_diffusers_does(flag, karras, karras_model,
+                                                                                         tmp_path, capsys):
+    out = tmp_path / "picture.png"
+    code, _, _ = run(["generate", "a red circle", "--model", karras_model, "--width", 32, "--height", 32,
+                      "--out", out, "--steps", 3, "--seed", 0, *flag], capsys)  # (2 Karras σ's are the plain ones)
+    pipe = tiny_pipeline.reference_pipeline(karras_model, "text_to_image", "euler")  # Euler from the model's file
+    if flag:
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=karras)
+    assert code == 0 and pipe.scheduler.config.use_karras_sigmas is karras
+    expected = pipe("a red circle", width=32, height=32, num_inference_steps=3, guidance_scale=7.5,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images[0]  # (H, W, 3) in [0, 1]
+    difference = np.abs(np.asarray(Image.open(out)).astype(int) - (expected * 255).round())
+    assert difference.max() <= 1  # the same 8-bit picture, up to rounding
+
+
+def test_schedule_uses_the_configs_karras_setting_unless_told_otherwise(karras_model, capsys):
+    for flag, karras in (([], True), (["--no-karras"], False)):
+        code, stdout, _ = run(["schedule", "--sampler", "euler", "--steps", 3, "--config", karras_model / "scheduler",
+                               *flag], capsys)
+        assert code == 0 and f"karras={karras}" in stdout.splitlines()[0]

@@ -6,10 +6,11 @@ import pytest
 import safetensors.torch
 import torch
 import transformers
-from sd_configs import SD15_TEXT_ENCODER, SD21_TEXT_ENCODER
 
 from minidiff.models import attention as attention_module
-from minidiff.models.clip import CLIPTextConfig, CLIPTextModel, clip_text_state_dict
+from minidiff.models.clip import CLIPTextModel, clip_text_state_dict
+from minidiff.models.config import CLIPTextConfig
+from minidiff.tools.bench.configs import SD15_TEXT_ENCODER, SD21_TEXT_ENCODER
 
 VOCAB = 1000
 SMALL_CONFIGS = {

@@ -3,6 +3,7 @@
 
 import json
 import shutil
+import threading
 
 import diffusers
 import pytest
@@ -10,15 +11,18 @@ import torch
 import transformers
 
 import tiny_pipeline
+from test_scheduler_config import SD15_SCHEDULER_FILE
 from minidiff import cli
 from minidiff.loading import CheckpointError, load_components, save_components, save_single_file
-from minidiff.loading.components import Components
+from minidiff.loading.components import Components, skip_random_init
 from minidiff.loading.safetensors_file import read_safetensors
-from minidiff.models.clip import CLIPTextConfig, CLIPTextModel, clip_text_state_dict
+from minidiff.models.clip import CLIPTextModel, clip_text_state_dict
+from minidiff.models.config import CLIPTextConfig, UNetConfig, VAEConfig
 from minidiff.models.tokenizer import EOS, CLIPTokenizer, find_openclip_vocab, load_openclip_bpe
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
-from minidiff.models.vae import AutoencoderKL, VAEConfig
+from minidiff.models.unet import UNet2DConditionModel
+from minidiff.models.vae import AutoencoderKL
 from minidiff.samplers import SchedulerConfig
+from minidiff.verify import SCHEDULERS
 
 NETWORKS = ("text_encoder", "vae", "unet", "controlnet")
 
@@ -297,3 +301,40 @@ def test_convert_command(tmp_path, monkeypatch, capsys):
 
     code, out = convert(tmp_path / "folder", tmp_path / "half", monkeypatch=monkeypatch, capsys=capsys)
     assert code == 1 and "already exists" in out.err
+
+
+def test_convert_keeps_a_missing_timestep_spacing_missing_so_every_diffusers_scheduler_samples(folder, tmp_path,
+                                                                                               monkeypatch, capsys):
+    source = tmp_path / "sd15-scheduler"  # SD 1.5's scheduler file says nothing of timestep_spacing
+    shutil.copytree(folder, source, ignore=shutil.ignore_patterns("controlnet"))
+    (source / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_FILE))
+    code, _ = convert(source, tmp_path / "converted", monkeypatch=monkeypatch, capsys=capsys)
+    written = json.loads((tmp_path / "converted" / "scheduler" / "scheduler_config.json").read_text())
+    assert code == 0 and "timestep_spacing" not in written and None not in written.values()
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "converted", safety_checker=None)
+    for class_name in ("PNDMScheduler", *SCHEDULERS.values()):
+        getattr(diffusers, class_name).from_config(pipe.scheduler.config).set_timesteps(3)  # refuses a null spacing
+
+
+def test_skip_random_init_leaves_every_random_fill_undone():
+    torch.manual_seed(0)
+    fills = [torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_,
+             torch.nn.init.kaiming_normal_, torch.nn.init.xavier_uniform_, torch.nn.init.xavier_normal_,
+             torch.nn.init.trunc_normal_, torch.Tensor.normal_, torch.Tensor.uniform_]
+    with skip_random_init():
+        tensors = [fill(torch.zeros(8, 8)) for fill in fills]
+    assert all(torch.equal(t, torch.zeros(8, 8)) for t in tensors)
+    assert torch.nn.init.normal_(torch.zeros(8, 8)).std() > 0.5  # and after it, they fill again
+
+
+def test_skip_random_init_changes_torch_nn_init_for_no_other_thread():
+    torch.manual_seed(0)
+    init = {name: getattr(torch.nn.init, name) for name in dir(torch.nn.init)}
+    filled = []
+    with torch.device("meta"), skip_random_init():
+        embedding = torch.nn.Embedding(8, 4)  # built for a checkpoint's weights: no values needed
+        assert {name: getattr(torch.nn.init, name) for name in dir(torch.nn.init)} == init
+        worker = threading.Thread(target=lambda: filled.append(torch.nn.init.normal_(torch.zeros(1000))))
+        worker.start()
+        worker.join()
+    assert embedding.weight.is_meta and filled[0].std() > 0.5  # the other thread's layer got its random values

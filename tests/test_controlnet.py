@@ -11,11 +11,12 @@ import torch
 from diffusers import ControlNetModel as DiffusersControlNet
 from diffusers import UNet2DConditionModel as DiffusersUNet
 from safetensors.torch import load_file
-from sd_configs import SD15_CONTROLNET
-from test_unet import randomize_, rel_err
+from test_unet import rel_err
 
-from minidiff.models.controlnet import ControlNetConfig, ControlNetModel
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
+from minidiff.models.config import ControlNetConfig, UNetConfig
+from minidiff.models.controlnet import ControlNetModel
+from minidiff.models.unet import UNet2DConditionModel
+from minidiff.tools.bench.configs import SD15_CONTROLNET, randomize_
 
 F32_TOL, F64_TOL = 1e-5, 1e-6
 

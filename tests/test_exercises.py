@@ -1,9 +1,10 @@
-"""The exercise checker (minidiff/check.py): every stub fails, every solution passes, common mistakes are named.
+"""The exercise checker (minidiff/course/): every stub fails, every solution passes, common mistakes are named.
 
 A checker that passed a wrong answer would teach the wrong thing, so besides the untouched stubs each exercise
 is also run against a plausible wrong implementation, which must fail with a message that says what is wrong.
 """
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -12,15 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from minidiff import check
+from minidiff import course
 
 ROOT = Path(__file__).resolve().parent.parent
-EXERCISES = sorted(check.EXERCISES)
+EXERCISES = sorted(course.EXERCISES)
+# What a learner reads from the noise schedule to the pipelines; the classroom sits on top and is never imported here.
+LEARNERS_PATH = [ROOT / "minidiff" / "schedule.py",
+                 *(path for folder in ("samplers", "models", "pipelines", "loading")
+                   for path in sorted((ROOT / "minidiff" / folder).rglob("*.py")))]
+CLASSROOM = ("minidiff.course", "minidiff.check")
 
 
 def run(name, path):
     out = StringIO()
-    status = check.run_check(name, path, out=out)
+    status = course.run_check(name, path, out=out)
     return status, out.getvalue()
 
 
@@ -30,7 +36,29 @@ def test_every_exercise_has_a_stub_a_solution_and_a_lesson_name():
     for name in EXERCISES:
         assert (ROOT / "lessons" / "exercises" / f"{name}.py").is_file(), name
         assert (ROOT / "lessons" / "solutions" / f"{name}.py").is_file(), name
-        assert check.EXERCISES[name].lesson[:2].isdigit()
+        assert course.EXERCISES[name].lesson[:2].isdigit()
+
+
+def imported_modules(path):
+    """The absolute names of the modules the file at ``path`` imports, at any depth (relative imports resolved)."""
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]  # e.g. ("minidiff", "samplers")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+            module = ".".join(filter(None, [base, node.module]))
+            yield module
+            yield from (f"{module}.{alias.name}" for alias in node.names)
+
+
+def test_checkers_live_in_the_course_and_the_learners_path_never_imports_it():
+    for name in EXERCISES:
+        assert course.EXERCISES[name].check.__module__.startswith("minidiff.course."), name
+    assert len(LEARNERS_PATH) > 20
+    for path in LEARNERS_PATH:
+        upward = [m for m in imported_modules(path) if ".".join(m.split(".")[:2]) in CLASSROOM]
+        assert not upward, f"{path.relative_to(ROOT)} imports {upward}; the learner's path must not import the course"
 
 
 @pytest.mark.parametrize("name", EXERCISES)

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from minidiff.fast import CUDAGraphStep, FusedCrossAttention, capture_guided_step, optimize_unet
+from minidiff.models.config import UNetConfig
 from minidiff.models.transformer import CrossAttention, record_cross_attention
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
+from minidiff.models.unet import UNet2DConditionModel
 
 F32_TOL, F64_TOL = 1e-5, 1e-12
 

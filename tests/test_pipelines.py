@@ -1,7 +1,11 @@
 """minidiff's pipelines reproduce diffusers' Stable Diffusion pipelines image for image.
 
 Both sides load the same tiny random model (tests/tiny_pipeline.py) and run with the same seed, sampler and
-settings; the images (float32, in [0, 1], before rounding to 8 bits) must agree within TOL max abs error.
+settings; the images (in [0, 1], before rounding to 8 bits) must agree within a relative error
+max |a - b| / max |b| of TOL = 3e-5 in float32: the largest measured is 1e-5 (the libraries sum in slightly
+different orders, and the tiny random networks amplify it). In float16 both take the same float16 operations in
+the same order, and the latents come out bit for bit equal; the images agree within HALF_TOL = 5e-4 because
+diffusers returns them in float16 (steps of 2^-11 near 1) and minidiff in float32.
 Every comparison also checks that the images are not trivially equal (mostly unclamped, not constant).
 """
 
@@ -15,7 +19,9 @@ from tiny_pipeline import tiny_model
 
 from minidiff.pipelines import StableDiffusion
 
-TOL = 1e-4  # max abs error on [0, 1] images, float32
+TOL = 3e-5  # max relative error of float32 images
+HALF_TOL = 5e-4  # of float16 images: twice the rounding of diffusers' float16 images near 1 (2^-12)
+HALF = torch.float16  # runs on the CPU
 # Each of diffusers' scheduler families once: deterministic, ancestral (fresh noise), ᾱ-space, multistep + Karras.
 SAMPLERS = [("euler", False), ("euler_a", False), ("ddim", False), ("dpmpp_2m", True)]
 NEGATIVES = [None, "a blue square"]
@@ -38,6 +44,11 @@ def sd_inpaint(tiny):
     return StableDiffusion.from_pretrained(tiny.inpaint_path)
 
 
+@pytest.fixture(scope="module")
+def sd_half(tiny):
+    return StableDiffusion.from_pretrained(tiny.path, dtype=HALF)
+
+
 def picture(width, height, seed=0):
     """A smooth random RGB picture (bilinearly upsampled noise), so the VAE sees structure, not just noise."""
     g = torch.Generator().manual_seed(seed)
@@ -58,12 +69,19 @@ def generator(seed=0):
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def assert_close(ours, expected):
+def generators(*seeds):
+    """One CPU generator per picture."""
+    return [generator(s) for s in seeds]
+
+
+def assert_close(ours, expected, tol=TOL):
     assert ours.shape == expected.shape
+    assert ours.dtype == torch.float32
+    expected = expected.float()
     assert ((expected > 0) & (expected < 1)).float().mean() > 0.5, "reference images are mostly clamped"
     assert expected.std() > 0.05, "reference images are nearly constant"
-    error = (ours - expected).abs().max().item()
-    assert error <= TOL, f"max abs error {error:.3g} > {TOL}"
+    error = ((ours - expected).abs().max() / expected.abs().max()).item()
+    assert error <= tol, f"max relative error {error:.3g} > {tol}"
 
 
 @pytest.mark.parametrize("sampler,karras", SAMPLERS)
@@ -132,6 +150,166 @@ def test_outpaint_is_diffusers_inpainting_of_the_padded_canvas(tiny, sd_inpaint)
                          generator=generator(4), output_type="pt").images
     ours = sd_inpaint.outpaint("a red circle", image, left=16, top=8, steps=4, seed=4, progress=False)
     assert_close(ours.images, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A generator per picture: each picture's random numbers come from its own generator, as in diffusers
+
+
+def test_text_to_image_with_a_generator_per_picture_matches_diffusers(tiny, sd):
+    reference = tiny.reference("text_to_image", "euler_a")  # fresh noise at every step, drawn per generator
+    settings = dict(num_inference_steps=4, width=32, height=32, output_type="pt")
+    expected = reference(PROMPTS, generator=generators(10, 11), **settings).images
+    ours = sd.text_to_image(PROMPTS, steps=4, sampler="euler_a", width=32, height=32, generator=generators(10, 11),
+                            progress=False)
+    assert_close(ours.images, expected)
+
+
+def test_image_to_image_with_a_generator_per_picture_matches_diffusers(tiny, sd):
+    """diffusers' img2img encodes the picture once per generator: each picture has its own VAE sample."""
+    reference = tiny.reference("image_to_image", "euler_a")
+    image = picture(32, 32, seed=5)
+    expected = reference("a red circle", image=image, strength=0.7, num_inference_steps=5, num_images_per_prompt=2,
+                         generator=generators(12, 13), output_type="pt").images
+    ours = sd.image_to_image("a red circle", image, strength=0.7, steps=5, sampler="euler_a",
+                             num_images_per_prompt=2, generator=generators(12, 13), progress=False)
+    assert_close(ours.images, expected)
+
+
+@pytest.mark.parametrize("unet_channels", [4, 9])
+def test_inpaint_with_a_generator_per_picture_matches_diffusers(tiny, sd, sd_inpaint, unet_channels):
+    """strength < 1 makes both kinds of U-Net encode the picture (diffusers: with the first generator)."""
+    nine = unet_channels == 9
+    reference = tiny.reference("inpaint", "euler_a", inpaint_unet=nine)
+    image, mask = picture(32, 32, seed=6), rectangle_mask(32, 32, (8, 8, 24, 24))
+    expected = reference(PROMPTS, image=image, mask_image=mask, width=32, height=32, strength=0.8,
+                         num_inference_steps=5, generator=generators(14, 15), output_type="pt").images
+    ours = (sd_inpaint if nine else sd).inpaint(PROMPTS, image, mask, strength=0.8, steps=5, sampler="euler_a",
+                                                generator=generators(14, 15), progress=False)
+    assert_close(ours.images, expected)
+
+
+def test_outpaint_with_a_generator_per_picture_is_diffusers_inpainting_of_the_padded_canvas(tiny, sd_inpaint):
+    image = picture(32, 24, seed=7)
+    canvas = Image.fromarray(np.pad(np.asarray(image), ((0, 8), (0, 0), (0, 0)), mode="edge"))  # bottom 8
+    mask = Image.fromarray(np.pad(np.zeros((24, 32), np.uint8), ((0, 8), (0, 0)), constant_values=255))
+    reference = tiny.reference("inpaint", "euler_a", inpaint_unet=True)
+    expected = reference("a red circle", image=canvas, mask_image=mask, width=32, height=32, num_inference_steps=4,
+                         num_images_per_prompt=2, generator=generators(16, 17), output_type="pt").images
+    ours = sd_inpaint.outpaint("a red circle", image, bottom=8, steps=4, sampler="euler_a", num_images_per_prompt=2,
+                               generator=generators(16, 17), progress=False)
+    assert_close(ours.images, expected)
+
+
+def test_control_with_a_generator_per_picture_matches_diffusers(tiny, sd):
+    reference = tiny.reference("control", "euler_a")
+    edges = rectangle_mask(32, 32, (4, 8, 28, 30)).convert("RGB")
+    expected = reference("a red circle", image=edges, num_inference_steps=4, num_images_per_prompt=2,
+                         generator=generators(18, 19), output_type="pt").images
+    ours = sd.control("a red circle", edges, steps=4, sampler="euler_a", num_images_per_prompt=2,
+                      generator=generators(18, 19), progress=False)
+    assert_close(ours.images, expected)
+
+
+@pytest.mark.parametrize("task", ["text_to_image", "image_to_image"])
+def test_a_picture_made_with_its_own_generator_does_not_depend_on_the_batch(sd, task):
+    inputs = dict(width=32, height=32) if task == "text_to_image" else dict(image=picture(32, 32), strength=0.8)
+
+    def make(*seeds):
+        return getattr(sd, task)("a red circle", num_images_per_prompt=len(seeds), generator=generators(*seeds),
+                                 steps=3, sampler="euler_a", progress=False, **inputs)
+
+    pair, alone = make(20, 21), make(21)
+    assert (pair.images[0] - pair.images[1]).abs().max() > 1e-3
+    torch.testing.assert_close(pair.images[1:], alone.images, rtol=0, atol=TOL)
+
+
+def test_a_list_of_generators_of_another_length_than_the_batch_is_an_error(sd):
+    with pytest.raises(ValueError, match="got 3 generators for 2 pictures; pass one generator per picture"):
+        sd.text_to_image(PROMPTS, steps=2, width=32, height=32, generator=generators(1, 2, 3), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Half precision: the latents stay in the U-Net's dtype and every step takes diffusers' float16 arithmetic
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "euler", "euler_a", "heun", "lms", "dpmpp_2m"])
+def test_text_to_image_matches_diffusers_in_float16(tiny, sd_half, sampler):
+    reference = tiny.reference("text_to_image", sampler, dtype=HALF)
+    settings = dict(guidance_scale=7.5, width=64, height=32, num_images_per_prompt=2)
+    expected = reference(PROMPTS, num_inference_steps=5, generator=generator(), output_type="pt", **settings).images
+    assert expected.dtype == HALF
+    ours = sd_half.text_to_image(PROMPTS, steps=5, sampler=sampler, seed=0, progress=False, **settings)
+    assert_close(ours.images, expected, HALF_TOL)
+
+
+# img2img's latents are laid out channels-last (the encoder's output for a PIL picture, as in diffusers), and the
+# float16 roundings of a U-Net depend on the layout. diffusers' Transformer2DModel hands its output on contiguous
+# (`.contiguous()` after the permute back to (B, C, H, W), then `hidden_states + residual`); minidiff's
+# models/transformer.py returns `x + h` without the copy, so the following ResNets see another layout. With that
+# two-line change these runs are equal to diffusers' bit for bit: remove this mark with it.
+CHANNELS_LAST_UNET = pytest.mark.xfail(strict=True, reason="models/transformer.py keeps channels-last activations")
+
+
+@CHANNELS_LAST_UNET
+@pytest.mark.parametrize("sampler,karras", SAMPLERS)
+def test_image_to_image_matches_diffusers_in_float16(tiny, sd_half, sampler, karras):
+    reference = tiny.reference("image_to_image", sampler, karras, dtype=HALF)
+    image = picture(32, 48)
+    expected = reference("a red circle", image=image, strength=0.7, num_inference_steps=6, num_images_per_prompt=2,
+                         generator=generator(1), output_type="pt").images
+    ours = sd_half.image_to_image("a red circle", image, strength=0.7, steps=6, sampler=sampler, karras=karras,
+                                  num_images_per_prompt=2, seed=1, progress=False)
+    assert_close(ours.images, expected, HALF_TOL)
+
+
+@pytest.mark.parametrize("unet_channels", [4, 9])
+def test_inpaint_matches_diffusers_in_float16(tiny, sd_half, unet_channels):
+    nine = unet_channels == 9
+    reference = tiny.reference("inpaint", "euler", inpaint_unet=nine, dtype=HALF)
+    image, mask = picture(48, 32, seed=2), rectangle_mask(48, 32, (8, 4, 40, 20))
+    expected = reference("a red circle", image=image, mask_image=mask, width=48, height=32, strength=0.8,
+                         num_inference_steps=5, generator=generator(2), output_type="pt").images
+    model = StableDiffusion.from_pretrained(tiny.inpaint_path, dtype=HALF) if nine else sd_half
+    ours = model.inpaint("a red circle", image, mask, strength=0.8, steps=5, seed=2, progress=False)
+    assert_close(ours.images, expected, HALF_TOL)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The VAE's precision: diffusers' SD pipelines ignore force_upcast, its SDXL pipelines follow it
+
+
+def vae_input_dtypes(model, run):
+    """The dtypes the VAE's encoder and decoder computed in during run()."""
+    seen = {}
+
+    def record(name):
+        def hook(module, args):
+            seen.setdefault(name, args[0].dtype)
+        return hook
+
+    hooks = [model.vae.encoder.conv_in.register_forward_pre_hook(record("encoder")),
+             model.vae.decoder.conv_in.register_forward_pre_hook(record("decoder"))]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("follows_force_upcast", [False, True])
+def test_the_vae_runs_in_float32_only_in_a_pipeline_family_that_follows_force_upcast(sd_half, follows_force_upcast):
+    """StableDiffusion, like diffusers' SD 1.x/2.x pipelines, runs a float16 VAE in float16 even though its config
+    says force_upcast; a family that follows it (diffusers' SDXL pipelines) encodes and decodes in float32."""
+    family = type("Family", (StableDiffusion,), {"follows_force_upcast": follows_force_upcast})
+    model = family(sd_half.tokenizer, sd_half.text_encoder, sd_half.vae, sd_half.unet, sd_half.scheduler_config)
+    assert model.vae.config.force_upcast
+    seen = vae_input_dtypes(model, lambda: model.image_to_image("a red circle", picture(32, 32), steps=2, seed=0,
+                                                                progress=False))
+    expected = torch.float32 if follows_force_upcast else HALF
+    assert seen == {"encoder": expected, "decoder": expected}
+    assert model.vae.dtype == HALF  # given back in its own dtype
 
 
 def test_clip_skip_matches_diffusers(tiny, sd):

@@ -2,7 +2,8 @@
 
 Both sides are driven by the same stand-in network (a smooth nonlinear function of x and t), the same starting
 noise and the same generator seed, so stochastic samplers are compared exactly, not statistically.
-Tolerances (max relative error, |a - b|.max() / |b|.max(), after every step): 1e-6 in float64, 1e-5 in float32.
+Tolerances (max relative error, |a - b|.max() / |b|.max(), after every step): 1e-6 in float64, 1e-5 in float32,
+and 0 in float16 and bfloat16, where both sides take the same operations in the same dtypes.
 """
 
 import itertools
@@ -24,7 +25,7 @@ DIFFUSERS_CLASSES = {
     "lms": diffusers.LMSDiscreteScheduler,
     "dpmpp_2m": diffusers.DPMSolverMultistepScheduler,
 }
-TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5}
+TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5, torch.float16: 0.0, torch.bfloat16: 0.0}
 SPACINGS = ("leading", "trailing", "linspace")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -67,6 +68,7 @@ def stand_in_model(x, t):
 
 
 def rel_err(a, b):
+    a, b = a.double(), b.double()
     return float((a - b).abs().max() / b.abs().max())
 
 
@@ -210,6 +212,17 @@ def test_latent_after_every_step_equals_diffusers(name, prediction_type, steps, 
     spacing = SPACINGS[(SAMPLER_NAMES.index(name) + PREDICTION_TYPES.index(prediction_type) + steps) % 3]
     eta = 0.5 if name == "ddim" else 0.0  # the stochastic DDIM; eta = 0 is covered below
     assert_same_trajectory(name, config_dict(spacing, prediction_type), steps, dtype, eta=eta)
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_latent_after_every_step_equals_diffusers_bit_for_bit(name, prediction_type, dtype):
+    """The latent keeps its half-precision dtype from step to step, and each step rounds where diffusers' does
+    (Euler, Euler a and DPM++ 2M in float32 internally, the others in the latent's dtype)."""
+    eta = 0.5 if name == "ddim" else 0.0
+    assert_same_trajectory(name, config_dict("trailing", prediction_type), 10, dtype, eta=eta)
+    assert_same_trajectory(name, config_dict("leading", prediction_type), 10, dtype, strength=0.6)
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES)

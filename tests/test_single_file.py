@@ -23,7 +23,8 @@ from minidiff.loading.single_file import (
     split_original_checkpoint,
 )
 from minidiff.loading.state_dict import CheckpointError
-from sd_configs import SD15_INPAINT_UNET, SD15_TEXT_ENCODER, SD15_UNET, SD21_TEXT_ENCODER, SD21_UNET, SD_VAE
+from minidiff.tools.bench.configs import (SD15_INPAINT_UNET, SD15_TEXT_ENCODER, SD15_UNET, SD21_TEXT_ENCODER, SD21_UNET,
+                                          SD_VAE)
 
 FULL_SIZE = {
     "sd15": (SD15_UNET, SD15_TEXT_ENCODER, "sd1", "epsilon"),

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from minidiff.loading.state_dict import CheckpointError, load_state_dict_strict
-from minidiff.models.clip import CLIPTextConfig, CLIPTextModel
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
-from sd_configs import SD15_INPAINT_UNET, SD15_TEXT_ENCODER, SD15_UNET, SD21_TEXT_ENCODER, SD21_UNET
+from minidiff.models.clip import CLIPTextModel
+from minidiff.models.config import CLIPTextConfig, UNetConfig
+from minidiff.models.unet import UNet2DConditionModel
+from minidiff.tools.bench.configs import SD15_INPAINT_UNET, SD15_TEXT_ENCODER, SD15_UNET, SD21_TEXT_ENCODER, SD21_UNET
 
 
 def on_meta(model_class, config_class, config):

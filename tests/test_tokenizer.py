@@ -6,6 +6,8 @@ import random
 import pytest
 import torch
 import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minidiff.models import tokenizer as tokenizer_module
 from minidiff.models.tokenizer import (
@@ -33,6 +35,13 @@ UNICODE = [
     "中文", "日本語のテキスト", "한국어", "\u1100\u1161", "e\u0301", "A\u030a", "ＡＢＣａｂｃ", "Ⅻ", "½", "٣٤", "x²",
     "résumé", "Ωmega", "עברית", "العربية", "हिन्दी", "ไทย", "Ça", "ÉCOLE",
 ]
+# Letters added to Unicode after version 14.0, whose tables Python 3.11's str.lower reads. First line: capitals
+# whose lowercase Python does not know (Cyrillic Tje U+1C89, three Latin ones, Garay, Beria Erfe). Second line:
+# letters that the `regex` module knows but transformers' `tokenizers` library does not yet (to it, symbols).
+NEWER_UNICODE = [
+    "\u1c89", "\ua7cb", "\ua7cc", "\ua7da", "\U00010d50", "\U00016ea0",
+    "\u0558", "\u088f", "\ua7f1", "\U00010940", "\U00011db0", "\U00018e00", "\U000323b0", "\U0003d000",
+]
 EMOJI = ["😀", "🐱", "👩\u200d🚀", "🇫🇷", "👍🏽", "❤️", "🎨🖌️", "☕", "✨✨✨", "🙂🙃"]
 NUMBERS = ["0", "42", "2024", "3.14159", "1,000,000", "-7", "1e-5", "007", "#1", "50%", "$100", "12:30", "1/2", "8K"]
 PUNCTUATION = [
@@ -41,7 +50,7 @@ PUNCTUATION = [
     EOS, BOS, "<|EndOfText|>", "<|STARTOFTEXT|>", "a!b", "!<|endoftext|>",
 ]
 SPACES = [" ", " ", " ", "  ", "\t", "\n", "\r\n", " \u00a0 ", "\u3000", "\u2003", "\x0b", "\x85", "\u200b", ""]
-FRAGMENTS = [WORDS, WORDS, WORDS, CONTRACTIONS, UNICODE, EMOJI, NUMBERS, PUNCTUATION]
+FRAGMENTS = [WORDS, WORDS, WORDS, CONTRACTIONS, UNICODE, NEWER_UNICODE, EMOJI, NUMBERS, PUNCTUATION]
 CASES = [str, str, str, str.upper, str.title, str.swapcase]
 
 
@@ -102,6 +111,32 @@ def test_ids_equal_transformers_on_generated_prompts(clip_vocab, prompts, pad_to
     assert not mismatches, f"{len(mismatches)} prompts differ, e.g. {mismatches[:3]!r}"
     untruncated = reference(prompts[:500]).input_ids
     assert out.truncated[:500] == [max(0, len(ids) - 77) for ids in untruncated]
+
+
+@pytest.fixture(scope="module")
+def both_tokenizers(clip_vocab, tmp_path_factory):
+    ours = CLIPTokenizer(*clip_vocab)
+    folder = tmp_path_factory.mktemp("clip_tokenizer")
+    ours.save_pretrained(folder)
+    return ours, transformers.CLIPTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("character", NEWER_UNICODE, ids=[f"U+{ord(c):04X}" for c in NEWER_UNICODE])
+def test_ids_equal_transformers_on_letters_newer_than_python_unicode_tables(both_tokenizers, character):
+    # Lowercasing and the letter class must follow transformers' Unicode tables, not Python's or `regex`'s.
+    ours, reference = both_tokenizers
+    prompts = [f"a cat {character}", f"{character}1", f"x{character}y", character * 3, f"'{character}!"]
+    assert torch.equal(ours(prompts).input_ids, reference_ids(reference, prompts))
+
+
+ANY_CHARACTER = st.characters(exclude_categories=["Cs"])  # lone surrogates are not text: UTF-8 cannot spell them
+
+
+@settings(max_examples=300)
+@given(st.text(st.one_of(st.sampled_from("aZ1 '!.\t"), st.sampled_from(NEWER_UNICODE), ANY_CHARACTER), max_size=16))
+def test_ids_equal_transformers_on_random_text_of_any_characters(both_tokenizers, text):
+    ours, reference = both_tokenizers
+    assert ours([text]).input_ids.tolist() == reference_ids(reference, [text]).tolist()
 
 
 def test_transformers_slow_and_fast_requests_give_the_same_ids(clip_vocab, prompts, tmp_path):

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
+from minidiff.models.config import UNetConfig, VAEConfig
 from minidiff.models.controlnet import ControlNetModel
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
-from minidiff.models.vae import VAEConfig
+from minidiff.models.unet import UNet2DConditionModel
 from minidiff.schedule import NoiseSchedule
 from minidiff.train import bundled
 from minidiff.train.clip import CLIPTrainConfig, ImageTowerConfig, clip_loss, train_clip

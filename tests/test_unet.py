@@ -5,16 +5,16 @@ Every reference model gets non-trivial random weights first (diffusers zero-init
 """
 
 import json
-import math
 
 import pytest
 import torch
 from diffusers import UNet2DConditionModel as DiffusersUNet
 from safetensors.torch import load_file
-from sd_configs import SD15_INPAINT_UNET, SD15_UNET, SD21_UNET
 
+from minidiff.models.config import UNetConfig
 from minidiff.models.transformer import record_cross_attention
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
+from minidiff.models.unet import UNet2DConditionModel
+from minidiff.tools.bench.configs import SD15_INPAINT_UNET, SD15_UNET, SD21_UNET, randomize_
 
 F32_TOL, F64_TOL = 1e-5, 1e-6
 
@@ -46,19 +46,6 @@ TEXT_TOKENS = 7
 
 def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
-
-
-@torch.no_grad()
-def randomize_(model, seed=0):
-    """Norm scales 1 + N(0, 0.1^2), biases N(0, 0.1^2), weights N(0, 1/fan_in): no zero-initialised layer survives."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=g)
-        if p.ndim == 1:
-            p.copy_(0.1 * noise + (1.0 if name.endswith("weight") else 0.0))  # 1-D weights are norm scales
-        else:
-            p.copy_(noise / math.sqrt(p[0].numel()))
-    return model
 
 
 def diffusers_unet(name, randomize=True):

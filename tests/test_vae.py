@@ -6,7 +6,6 @@ Every reference model gets non-trivial random weights first (norm scales near 1,
 
 import copy
 import json
-import math
 import warnings
 
 import pytest
@@ -15,10 +14,11 @@ from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 from diffusers.models.attention_processor import Attention as DiffusersAttention
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import load_file
-from sd_configs import SD_VAE
 
 import minidiff.models.attention as attention_module
-from minidiff.models.vae import AutoencoderKL, DiagonalGaussian, VAEAttention, VAEConfig
+from minidiff.models.config import VAEConfig
+from minidiff.models.vae import AutoencoderKL, DiagonalGaussian, VAEAttention
+from minidiff.tools.bench.configs import SD_VAE, randomize_
 
 F32_TOL, F64_TOL = 1e-5, 1e-6
 
@@ -50,20 +50,6 @@ def diffusers_kwargs(**overrides):
         latent_channels=4,
         **overrides,
     )
-
-
-@torch.no_grad()
-def randomize_(model, seed=0):
-    """Norm scales 1 + N(0, 0.1^2), biases N(0, 0.1^2), weights N(0, 1/fan_in): no zero-initialised layer survives."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=g)
-        if p.ndim > 1:  # conv or linear weight
-            p.copy_(noise / math.sqrt(p[0].numel()))
-        elif name.endswith("weight"):  # GroupNorm scale
-            p.copy_(1 + 0.1 * noise)
-        else:
-            p.copy_(0.1 * noise)
 
 
 def diffusers_and_minidiff(tmp_path, kwargs, seed=0):
@@ -192,6 +178,16 @@ def test_diagonal_gaussian_matches_diffusers_including_clamped_logvar():
     torch.testing.assert_close(unseeded, ref.sample(), rtol=0, atol=0)
 
 
+def test_posterior_sample_with_a_list_of_generators_matches_diffusers():
+    """One generator per batch element: element i of the sample depends on generator i only."""
+    moments = torch.randn(3, 8, 5, 4, generator=torch.Generator().manual_seed(0))
+    ours = DiagonalGaussian(moments).sample([torch.Generator().manual_seed(s) for s in (4, 5, 6)])
+    expected = DiagonalGaussianDistribution(moments).sample([torch.Generator().manual_seed(s) for s in (4, 5, 6)])
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="a list of 2 generators for a batch of 3"):
+        DiagonalGaussian(moments).sample([torch.Generator().manual_seed(s) for s in (4, 5)])
+
+
 def test_config_round_trips_through_diffusers():
     config = VAEConfig.from_dict(SD_VAE)
     assert config == VAEConfig()  # the defaults are Stable Diffusion's VAE
@@ -262,3 +258,17 @@ def test_decode_safely_keeps_a_finite_fp16_decode():
             image = vae.decode_safely(z)
         assert image.dtype == torch.float16
         torch.testing.assert_close(image, vae.decode(z.half()), rtol=0, atol=0)
+
+
+def test_decode_safely_in_float32_decodes_a_float16_vae_in_float32_and_gives_it_back_in_float16():
+    """The pipelines pass dtype=float32 where diffusers upcasts (force_upcast): no float16 pass, no warning."""
+    vae = overflowing_fp16_vae()
+    z = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = copy.deepcopy(vae).float().decode(z)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            image = vae.decode_safely(z, dtype=torch.float32)
+    assert image.dtype == torch.float32
+    torch.testing.assert_close(image, expected, rtol=0, atol=0)
+    assert vae.dtype == torch.float16

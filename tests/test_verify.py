@@ -1,12 +1,19 @@
 """``python -m minidiff verify PATH`` passes on a model minidiff reads correctly and fails when it does not.
 
 The tiny random model (tests/tiny_pipeline.py) is checked as a diffusers folder, as an inpainting folder and as a
-single checkpoint file (which diffusers converts with its own ``from_single_file``). A wrong weight on minidiff's
-side must make the U-Net row and every sampler row fail, and the command exit 1.
+single checkpoint file (which diffusers converts with its own ``from_single_file``), and with the scheduler files
+real checkpoints ship: SD 1.5's and SD 2.1's (no timestep_spacing) and a zero-terminal-SNR one written by diffusers,
+where Heun and LMS cannot apply and are skipped. A wrong weight on minidiff's side must make the U-Net row and every
+sampler row fail, and the command exit 1.
 """
 
+import json
+import shutil
+
+import diffusers
 import pytest
 import torch
+from test_scheduler_config import SD15_SCHEDULER_FILE, SD21_SCHEDULER_FILE
 from tiny_pipeline import tiny_model
 
 from minidiff import cli, verify
@@ -23,13 +30,36 @@ def registered(monkeypatch):
 
 
 def rows(stdout):
-    """{check name: (max abs, max rel, result)} from the printed table."""
+    """{check name: (max abs, max rel, result)} from the printed table; a skipped row's result is its reason."""
+    return {name: (max_abs, max_rel, result) for name, (max_abs, max_rel, _, result) in table_rows(stdout).items()}
+
+
+def table_rows(stdout):
+    """{check name: (max abs, max rel, tolerance, result)}; a skipped row has None for the numbers."""
     table = {}
     for line in stdout.splitlines()[1:]:
-        *name, max_abs, max_rel, _, result = line.split()
+        row, skipped, reason = line.partition("   skipped: ")
+        if skipped:
+            *name, _, _, _ = row.split()  # "-" for each number
+            table[" ".join(name)] = (None, None, None, f"skipped: {reason}")
+            continue
+        *name, max_abs, max_rel, tolerance, result = row.split()
         if result in ("pass", "FAIL"):
-            table[" ".join(name)] = (float(max_abs), float(max_rel), result)
+            table[" ".join(name)] = (float(max_abs), float(max_rel), float(tolerance), result)
     return table
+
+
+def tiny_model_with_scheduler(folder, write_scheduler):
+    """The tiny model without its ControlNet, copied to ``folder``, its scheduler/ written by write_scheduler."""
+    shutil.copytree(tiny_model().path, folder, ignore=shutil.ignore_patterns("controlnet"))
+    shutil.rmtree(folder / "scheduler")
+    write_scheduler(folder / "scheduler")
+    return folder
+
+
+def write_json(folder, config):
+    folder.mkdir()
+    (folder / "scheduler_config.json").write_text(json.dumps(config))
 
 
 def test_verify_passes_on_a_diffusers_folder_with_every_sampler_and_the_controlnet(capsys):
@@ -70,3 +100,39 @@ def test_verify_fails_when_one_weight_is_wrong(capsys, monkeypatch):
     assert code == 1 and "FAILED" in out
     assert table["unet"][2] == "FAIL" and table["vae decode"][2] == "pass"
     assert all(table[row][2] == "FAIL" for row in SAMPLER_ROWS)
+
+
+@pytest.mark.parametrize("scheduler_file", [SD15_SCHEDULER_FILE, SD21_SCHEDULER_FILE], ids=["sd15", "sd21"])
+def test_verify_passes_every_row_on_a_scheduler_file_without_timestep_spacing(scheduler_file, tmp_path, capsys):
+    folder = tiny_model_with_scheduler(tmp_path / "model", lambda path: write_json(path, scheduler_file))
+    code = cli.main(["verify", str(folder), "--steps", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "all 16 checks passed" in out
+    assert sorted(rows(out)) == sorted(["tokenizer (ids)", "text encoder", "unet", "vae encode", "vae decode",
+                                        *SAMPLER_ROWS])
+
+
+def test_verify_skips_heun_and_lms_on_a_zero_snr_checkpoint_and_passes_every_other_row(tmp_path, capsys):
+    zero_snr = diffusers.DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1, prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    folder = tiny_model_with_scheduler(tmp_path / "model", zero_snr.save_pretrained)
+    code = cli.main(["verify", str(folder), "--steps", "2"])
+    out = capsys.readouterr().out
+    table = table_rows(out)
+    skipped = ["heun", "heun karras", "lms", "lms karras"]
+    assert code == 0 and f"all 12 checks passed; 4 skipped ({', '.join(skipped)})" in out
+    assert sorted(name for name, row in table.items() if row[3].startswith("skipped")) == skipped
+    assert table["heun"] == (None, None, None,
+                             "skipped: diffusers' HeunDiscreteScheduler has no rescale_betas_zero_snr option")
+    assert all(table[name][3] == "pass" for name in table if name not in skipped)
+
+
+def test_verify_reports_the_tolerance_each_row_was_held_to(capsys):
+    code = cli.main(["verify", str(tiny_model().inpaint_path), "--steps", "2"])
+    table = table_rows(capsys.readouterr().out)
+    network_tolerance, run_tolerance = verify.TOLERANCES[torch.float32]
+    assert code == 0 and network_tolerance == run_tolerance == 1e-5  # float32: the parity minidiff claims
+    assert table["tokenizer (ids)"][2] == 0  # token ids must be equal
+    assert all(table[name][2] == network_tolerance for name in ("text encoder", "unet", "vae encode", "vae decode"))
+    assert all(table[name][2] == run_tolerance for name in SAMPLER_ROWS)

@@ -14,6 +14,7 @@ model can also be saved and read as a single file.
                                       # controlnet
     tiny.inpaint_path                 # the same with a 9-channel inpainting U-Net, without controlnet
     tiny.reference("text_to_image")   # the matching diffusers pipeline over the saved folder
+    tiny_v_model()                    # an SD 2.1-style folder (v-prediction, zero terminal SNR; see save_tiny_model)
 """
 
 import atexit
@@ -37,6 +38,13 @@ VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_gro
 SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
                  set_alpha_to_one=False, steps_offset=1)  # Stable Diffusion 1.5's
 CONTROLNET_EMBEDDING = (8, 16, 16, 16)  # three stride-2 convs: condition pictures at 8x the latent size
+# SD 2.1's differences, at the tiny size: per-block head counts, linear projections, attention in float32, a gelu
+# text encoder padding with "!", and the scheduler of SD 2.1 with zero terminal SNR and trailing spacing (Lin et
+# al., 2024), as its "v" checkpoints are best sampled.
+SD2_UNET = dict(attention_head_dim=(2, 4), use_linear_projection=True, upcast_attention=True)
+SD2_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False,
+                     steps_offset=1, clip_sample=False, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                     timestep_spacing="trailing")
 
 
 @torch.no_grad()
@@ -58,29 +66,37 @@ def clip_tokenizer():
     return CLIPTokenizer(*load_openclip_bpe(find_openclip_vocab()))
 
 
-def save_tiny_model(folder, inpaint=False, controlnet=True, seed=0):
-    """Build the random networks with diffusers/transformers and save them as a diffusers folder."""
-    from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, UNet2DConditionModel
+def save_tiny_model(folder, inpaint=False, controlnet=True, seed=0, sd2=False):
+    """Build the random networks with diffusers/transformers and save them as a diffusers folder; ``sd2``: with
+    SD 2.1's differences (``SD2_UNET``, ``SD2_SCHEDULER``, a gelu text encoder, "!" padding)."""
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     folder = Path(folder)
     tokenizer = clip_tokenizer()
+    if sd2:
+        tokenizer = CLIPTokenizer(tokenizer.vocab, tokenizer.merges, pad_token="!")
     tokenizer.save_pretrained(folder / "tokenizer")
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer.vocab), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=1, max_position_embeddings=77, projection_dim=64, hidden_act="quick_gelu",
+        num_attention_heads=1, max_position_embeddings=77, projection_dim=64,
+        hidden_act="gelu" if sd2 else "quick_gelu",
         bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
     )
     torch.manual_seed(seed)
     randomize_(CLIPTextModel(text_config), seed).save_pretrained(folder / "text_encoder")
     randomize_(AutoencoderKL(**VAE), seed + 1).save_pretrained(folder / "vae")
-    unet = randomize_(UNet2DConditionModel(**UNET, in_channels=9 if inpaint else 4, out_channels=4), seed + 2)
+    unet_config = {**UNET, **(SD2_UNET if sd2 else {})}
+    unet = randomize_(UNet2DConditionModel(**unet_config, in_channels=9 if inpaint else 4, out_channels=4), seed + 2)
     unet.save_pretrained(folder / "unet")
-    PNDMScheduler(**SCHEDULER).save_pretrained(folder / "scheduler")
-    # SD 1.5's file also says clip_sample: false. PNDM does not take the key, but DDIM read from this config does:
-    # without it diffusers' img2img and inpainting pipelines would clip DDIM's x_0 prediction (its default).
-    config_file = folder / "scheduler" / "scheduler_config.json"
-    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "clip_sample": False}, indent=2))
+    if sd2:
+        DDIMScheduler(**SD2_SCHEDULER).save_pretrained(folder / "scheduler")
+    else:
+        PNDMScheduler(**SCHEDULER).save_pretrained(folder / "scheduler")
+        # SD 1.5's file also says clip_sample: false. PNDM does not take the key, but DDIM read from this config
+        # does: without it diffusers' img2img and inpainting pipelines would clip DDIM's x_0 prediction (its default).
+        config_file = folder / "scheduler" / "scheduler_config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "clip_sample": False}, indent=2))
     if controlnet:
         net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING)
         randomize_(net, seed + 3).save_pretrained(folder / "controlnet")
@@ -106,29 +122,30 @@ SCHEDULERS = {
 
 
 @lru_cache(maxsize=None)
-def reference_parts(path):
-    """The saved networks loaded with diffusers and transformers (once per folder)."""
+def reference_parts(path, dtype=torch.float32):
+    """The saved networks loaded with diffusers and transformers in ``dtype`` (once per folder and dtype)."""
     import diffusers
     import transformers
 
     path = Path(path)
     parts = dict(
         tokenizer=transformers.CLIPTokenizer.from_pretrained(path / "tokenizer"),
-        text_encoder=transformers.CLIPTextModel.from_pretrained(path / "text_encoder"),
-        vae=diffusers.AutoencoderKL.from_pretrained(path / "vae"),
-        unet=diffusers.UNet2DConditionModel.from_pretrained(path / "unet"),
+        text_encoder=transformers.CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype),
+        vae=diffusers.AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype),
+        unet=diffusers.UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     if (path / "controlnet").is_dir():
-        parts["controlnet"] = diffusers.ControlNetModel.from_pretrained(path / "controlnet")
+        parts["controlnet"] = diffusers.ControlNetModel.from_pretrained(path / "controlnet", torch_dtype=dtype)
     return parts
 
 
-def reference_pipeline(path, task, sampler="euler", karras=False):
-    """The diffusers pipeline for ``task`` over the saved folder ``path``, with minidiff's ``sampler``."""
+def reference_pipeline(path, task, sampler="euler", karras=False, dtype=torch.float32):
+    """The diffusers pipeline for ``task`` over the saved folder ``path``, with minidiff's ``sampler``, its
+    networks in ``dtype``."""
     import diffusers
 
-    parts = dict(reference_parts(str(path)))
+    parts = dict(reference_parts(str(path), dtype))
     if task != "control":
         parts.pop("controlnet", None)
     config = diffusers.PNDMScheduler.load_config(Path(path) / "scheduler")
@@ -144,8 +161,8 @@ class TinyModel:
     path: Path
     inpaint_path: Path
 
-    def reference(self, task, sampler="euler", karras=False, inpaint_unet=False):
-        return reference_pipeline(self.inpaint_path if inpaint_unet else self.path, task, sampler, karras)
+    def reference(self, task, sampler="euler", karras=False, inpaint_unet=False, dtype=torch.float32):
+        return reference_pipeline(self.inpaint_path if inpaint_unet else self.path, task, sampler, karras, dtype)
 
 
 @lru_cache(maxsize=None)
@@ -155,3 +172,12 @@ def tiny_model():
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     return TinyModel(save_tiny_model(root / "tiny-sd"), save_tiny_model(root / "tiny-sd-inpaint", inpaint=True,
                                                                          controlnet=False))
+
+
+@lru_cache(maxsize=None)
+def tiny_v_model():
+    """Build and save the SD 2.1-style tiny model once per process (no ControlNet); returns a TinyModel whose
+    inpaint_path is None."""
+    root = Path(tempfile.mkdtemp(prefix="minidiff-tiny-v-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return TinyModel(save_tiny_model(root / "tiny-sd2", controlnet=False, seed=10, sd2=True), None)

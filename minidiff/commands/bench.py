@@ -5,14 +5,14 @@
     python -m minidiff bench --device cpu --tiny                # tiny models: checks the benchmark in seconds
 
 Both libraries get the same random weights, so every row also reports the output error against a float32
-reference. See minidiff/bench.py for the variants and how they are timed, and lessons/12-performance.md.
+reference. See minidiff/tools/bench/ for the variants and how they are timed, and lessons/12-performance.md.
 """
 
 HELP = "time minidiff's networks and a whole text-to-image run against diffusers (same weights, same run)"
 
 
 def add_arguments(parser):
-    from minidiff.bench import WORKLOADS
+    from minidiff.tools.bench.run import WORKLOADS
 
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument("--dtype", nargs="+", choices=("float32", "float16", "bfloat16"), default=None,
@@ -44,7 +44,7 @@ def parse_case(text):
 def run(args):
     import torch
 
-    from minidiff.bench import BenchConfig, run_benchmark
+    from minidiff.tools.bench.run import BenchConfig, run_benchmark
 
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():

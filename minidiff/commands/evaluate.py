@@ -34,12 +34,12 @@ def run(args):
 
     import torch
 
-    from minidiff.commands.pipeline_options import BUNDLED_MODEL
+    from minidiff.commands.pipeline_options import bundled_model
     from minidiff.evaluate import evaluate, format_table
 
     if args.samples < 1:
         raise ValueError(f"--samples must be at least 1, got {args.samples}")
-    model = args.model or str(BUNDLED_MODEL)
+    model = args.model or str(bundled_model())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.reconstruct < 0 or args.control < 0:
         raise ValueError("--reconstruct and --control count samples: 0 or more")

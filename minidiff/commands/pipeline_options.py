@@ -5,6 +5,8 @@ Not a subcommand itself. Every result is written only after sampling has finishe
 (``minidiff.images.save_png``), so Ctrl-C or an error never leaves a partial file behind.
 """
 
+import argparse
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -12,7 +14,11 @@ from pathlib import Path
 
 SAMPLERS = ("ddpm", "ddim", "euler", "euler_a", "heun", "lms", "dpmpp_2m")  # minidiff.samplers.SAMPLER_NAMES
 DTYPES = ("float32", "float16", "bfloat16")
-BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "weights"
+# The bundled model: the folder named by $MINIDIFF_WEIGHTS, else the repository's weights/ beside this package, which
+# is there when minidiff runs from its checkout (python -m minidiff, or after pip install -e .). A plain
+# `pip install .` copies only the package, so there it takes --model or MINIDIFF_WEIGHTS (see bundled_model).
+WEIGHTS_VARIABLE = "MINIDIFF_WEIGHTS"
+BUNDLED_MODEL = Path(os.environ.get(WEIGHTS_VARIABLE) or Path(__file__).resolve().parents[2] / "weights")
 # Sampling defaults when an option is not given. The bundled model's were chosen by measuring prompt adherence
 # with `python -m minidiff evaluate` (weights/README.md has the numbers); other checkpoints get the settings
 # Stable Diffusion is usually run with.
@@ -37,7 +43,9 @@ def add_arguments(parser, size=True):
                         help="number of sampler steps (default: 20 for the bundled model, else 25)")
     parser.add_argument("--sampler", choices=SAMPLERS, default=None,
                         help="the sampler (default: euler_a for the bundled model, else euler)")
-    parser.add_argument("--karras", action="store_true", help="Karras noise levels (euler, heun, lms, dpmpp_2m)")
+    parser.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
+                        help="Karras noise levels on or off (euler, heun, lms, dpmpp_2m; default: the model's "
+                             "use_karras_sigmas, as in diffusers)")
     parser.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic, 1 as noisy as ddpm")
     parser.add_argument("--cfg", type=float, default=None,
                         help="classifier-free guidance scale, 1 = off (default: 5 for the bundled model, else 7.5)")
@@ -74,15 +82,26 @@ def load_pipeline(args):
 
     from minidiff.pipelines import StableDiffusion
 
-    model = Path(args.model) if args.model else BUNDLED_MODEL
-    if args.model is None and not (model / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"the bundled model is not in {model} yet: train and export it (python -m minidiff train --help) "
-            f"or pass --model PATH to a Stable Diffusion folder or checkpoint file"
-        )
+    model = Path(args.model) if args.model else bundled_model()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return StableDiffusion.from_pretrained(model, dtype=getattr(torch, args.dtype), device=device,
                                            allow_pickle=args.allow_pickle)
+
+
+def bundled_model():
+    """The bundled model's folder (``BUNDLED_MODEL``), or a FileNotFoundError saying in one line what to pass."""
+    if (BUNDLED_MODEL / "model_index.json").is_file():
+        return BUNDLED_MODEL
+    if BUNDLED_MODEL.is_dir():
+        raise FileNotFoundError(
+            f"the bundled model is not in {BUNDLED_MODEL} yet: train and export it (python -m minidiff train --help) "
+            f"or pass --model PATH to a Stable Diffusion folder or checkpoint file"
+        )
+    raise FileNotFoundError(
+        f"no bundled model at {BUNDLED_MODEL} (an installed minidiff does not hold the repository's weights/): "
+        f"pass --model PATH to a Stable Diffusion folder or checkpoint file, or set {WEIGHTS_VARIABLE} to the "
+        f"weights/ folder of a minidiff checkout"
+    )
 
 
 def sampling_options(args):

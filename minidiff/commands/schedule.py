@@ -6,6 +6,8 @@ Prints one row per network call: the timestep t handed to the U-Net, the σ-spac
 before the call and ᾱ = 1 / (1 + σ²), its share of signal power.
 """
 
+import argparse
+
 HELP = "print a sampler's timesteps and noise levels as a table, and optionally plot them"
 
 
@@ -14,7 +16,9 @@ def add_arguments(parser):
         "--sampler", default="euler", help="ddpm, ddim, euler, euler_a, heun, lms or dpmpp_2m (default: euler)"
     )
     parser.add_argument("--steps", type=int, default=25, help="number of sampling steps (default: 25)")
-    parser.add_argument("--karras", action="store_true", help="use Karras et al.'s noise levels (σ-samplers)")
+    parser.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
+                        help="Karras et al.'s noise levels on or off (euler, heun, lms, dpmpp_2m; default: the "
+                             "config's use_karras_sigmas, as in diffusers)")
     parser.add_argument("--strength", type=float, default=1.0, help="img2img strength in (0, 1] (default: 1)")
     parser.add_argument(
         "--config", help="a diffusers scheduler_config.json, or its folder (default: Stable Diffusion's settings)"
@@ -26,7 +30,7 @@ def run(args):
     from minidiff.samplers import SchedulerConfig, make_sampler
 
     config = SchedulerConfig.from_json(args.config) if args.config else SchedulerConfig()
-    sampler = make_sampler(args.sampler, config, args.steps, karras=args.karras or None, strength=args.strength)
+    sampler = make_sampler(args.sampler, config, args.steps, karras=args.karras, strength=args.strength)
     sigmas = [float(sampler.sigma_at(i)) for i in range(len(sampler.timesteps))]
     alpha_bars = [1 / (1 + s**2) for s in sigmas]
 

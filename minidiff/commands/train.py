@@ -28,13 +28,15 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the scenes and the noise")
     parser.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this many minutes")
     parser.add_argument("--to", default="weights", help="export: the model folder to write (must not exist)")
-    parser.add_argument("--from", dest="source", default="weights",
-                        help="import: an exported model folder whose weights the stages continue from")
+    parser.add_argument("--from", dest="source", default=None,
+                        help="import: an exported model folder whose weights the stages continue from "
+                             "(default: the bundled model)")
 
 
 def run(args):
     import torch
 
+    from minidiff.commands.pipeline_options import bundled_model
     from minidiff.train import bundled
 
     if args.stage == "export":
@@ -42,18 +44,18 @@ def run(args):
         print(f"wrote {folder}")
         return 0
     if args.stage == "import":
-        steps = bundled.import_folder(args.source, args.out)
+        steps = bundled.import_folder(args.source or bundled_model(), args.out)
         done = ", ".join(f"{name} at step {step}" for name, step in steps.items())
         print(f"wrote checkpoints to {args.out}: {done}; each stage now resumes from there")
         return 0
     if args.cooldown is not None and args.steps is None:
-        raise SystemExit("--cooldown counts back from the last step: give --steps as well (the step to end at).")
+        raise ValueError("--cooldown counts back from the last step: give --steps as well (the step to end at).")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("cooldown_steps", args.cooldown)) if v is not None}
     if args.decoder_only:
         if args.stage != "vae":
-            raise SystemExit("--decoder-only applies to the vae stage only.")
+            raise ValueError("--decoder-only applies to the vae stage only.")
         overrides["train_encoder"] = False
     time_limit = args.minutes * 60 if args.minutes is not None else None
     bundled.run_stage(args.stage, args.out, device=device, seed=args.seed, time_limit=time_limit, **overrides)

@@ -25,23 +25,24 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from minidiff.loading.pickle_file import PICKLE_SUFFIXES, read_pickle_checkpoint
 from minidiff.loading.safetensors_file import (INDEX_SUFFIX, read_safetensors, read_sharded_safetensors,
                                                write_safetensors, write_sharded_safetensors)
 from minidiff.loading.single_file import infer_configs, join_original_checkpoint, split_original_checkpoint
 from minidiff.loading.state_dict import CheckpointError, load_state_dict_strict
-from minidiff.models.clip import CLIPTextConfig, CLIPTextModel, clip_text_state_dict
-from minidiff.models.controlnet import ControlNetConfig, ControlNetModel
+from minidiff.models.clip import CLIPTextModel, clip_text_state_dict
+from minidiff.models.config import CLIPTextConfig, ControlNetConfig, UNetConfig, VAEConfig
+from minidiff.models.controlnet import ControlNetModel
 from minidiff.models.tokenizer import EOS, CLIPTokenizer, find_openclip_vocab, load_openclip_bpe
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
-from minidiff.models.vae import AutoencoderKL, VAEConfig
+from minidiff.models.unet import UNet2DConditionModel
+from minidiff.models.vae import AutoencoderKL
 from minidiff.samplers import SchedulerConfig
 
 # component folder -> (config class, model class, weights file name, class name in model_index.json)
@@ -69,22 +70,24 @@ class Components:
     source: str = ""
 
 
-INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
-                  "trunc_normal_", "zeros_", "ones_", "constant_")
+# The random fills skip_random_init leaves undone. torch.nn.init's normal_, uniform_ and kaiming_uniform_ reach a
+# torch function mode as one call each; its other random fills (kaiming_normal_, xavier_*, trunc_normal_) reach it
+# as the tensor methods normal_ and uniform_ they call.
+INIT_FUNCTIONS = (nn.init.normal_, nn.init.uniform_, nn.init.kaiming_uniform_, torch.Tensor.normal_,
+                  torch.Tensor.uniform_)
 
 
-@contextmanager
-def skip_random_init():
-    """Make torch.nn.init's fill functions no-ops: layers built only to receive a checkpoint's weights need no
-    random values (and on the meta device nn.Embedding's normal_ alone costs a second of lazy imports)."""
-    saved = {name: getattr(nn.init, name) for name in INIT_FUNCTIONS}
-    for name in INIT_FUNCTIONS:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(nn.init, name, function)
+class skip_random_init(TorchFunctionMode):  # lower case, as torch.no_grad: a context manager
+    """``with skip_random_init():`` layers are built without their random values, which a checkpoint's weights
+    replace anyway; on the meta device this matters, as normal_ there goes through torch._refs, whose first call
+    imports torch._dynamo (about 1.5 s in torch 2.13). A torch function mode: it holds only inside the ``with``,
+    on this thread, and leaves torch.nn.init itself as it is."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in INIT_FUNCTIONS:
+            return args[0] if args else kwargs["tensor"]  # the tensor, left as it is
+        return func(*args, **kwargs)
 
 
 def build_network(name, config, state_dict, source, dtype, device):
@@ -224,7 +227,10 @@ def load_components(path, dtype=torch.float32, device="cpu", allow_pickle=False,
 
 
 def scheduler_json(scheduler_config):
-    """A scheduler_config.json dict for diffusers: minidiff's fields plus the class name and PNDM's SD setting."""
+    """A scheduler_config.json dict for diffusers: minidiff's fields plus the class name and PNDM's SD setting.
+
+    A field the model's file did not set (``timestep_spacing`` in SD 1.5's) is left out, never written as null:
+    every diffusers scheduler class then applies its own default, as minidiff's samplers do."""
     return {"_class_name": SCHEDULER_CLASS, "skip_prk_steps": True, **scheduler_config.to_dict()}
 
 

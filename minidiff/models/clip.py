@@ -12,72 +12,14 @@ A pre-LayerNorm transformer whose tokens only look backwards (a causal mask), as
 Parameter names equal those of Stable Diffusion's text_encoder/model.safetensors, so the files load key for key.
 """
 
-from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from minidiff.models.activations import ACTIVATIONS
 from minidiff.models.attention import attention
-
-
-def quick_gelu(x):
-    """x * sigmoid(1.702 x): the fast approximation of GELU that OpenAI's CLIP was trained with."""
-    return x * torch.sigmoid(1.702 * x)
-
-
-ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
-
-
-@dataclass
-class CLIPTextConfig:
-    """The text encoder's shape; defaults are Stable Diffusion 1.x's (CLIP ViT-L/14's text half).
-
-    Stable Diffusion 2.x uses OpenCLIP ViT-H/14: hidden_size 1024, intermediate_size 4096, 16 heads,
-    23 layers (the 24th of OpenCLIP is dropped), hidden_act "gelu". eos_token_id 2 is a historical mistake
-    kept in those config files; ``CLIPTextModel`` then finds the end token as the largest id (see pooling).
-    """
-
-    vocab_size: int = 49408
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    max_position_embeddings: int = 77
-    hidden_act: str = "quick_gelu"
-    layer_norm_eps: float = 1e-5
-    projection_dim: int = 768  # used only by CLIP's projection head, kept so config.json round-trips
-    bos_token_id: int = 0
-    eos_token_id: int = 2
-    pad_token_id: int = 1
-
-    def __post_init__(self):
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got {self.hidden_act!r}.")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must split evenly into num_attention_heads "
-                f"({self.num_attention_heads}) heads."
-            )
-        if not isinstance(self.eos_token_id, int):
-            raise ValueError(f"eos_token_id must be a single integer, got {self.eos_token_id!r}.")
-
-    @classmethod
-    def from_dict(cls, d):
-        """From a transformers config.json of a CLIPTextModel; keys that do not change the computation are ignored."""
-        model_type = d.get("model_type", "clip_text_model")
-        if model_type != "clip_text_model":
-            raise ValueError(
-                f"Expected the config.json of a CLIP text encoder (model_type 'clip_text_model'), got {model_type!r}."
-                " Stable Diffusion keeps it in the text_encoder/ folder."
-            )
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in d.items() if key in names})
-
-    def to_dict(self):
-        """A config.json that transformers' CLIPTextModel loads."""
-        return {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **asdict(self)}
+from minidiff.models.config import CLIPTextConfig
 
 
 class CLIPTextOutput(NamedTuple):

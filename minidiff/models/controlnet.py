@@ -11,91 +11,13 @@ Because the zero convs start at zero, a fresh ControlNet leaves the U-Net's outp
 them away from zero. Module names follow diffusers' ``ControlNetModel``, so its weight files load key for key.
 """
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minidiff.models.config import ControlNetConfig
 from minidiff.models.embeddings import TimestepEmbedding, timestep_batch
-from minidiff.models.unet import (
-    _FIXED_KEYS as _UNET_FIXED_KEYS,
-    UNetMidBlock2DCrossAttn,
-    check_encoder_fields,
-    config_from_dict,
-    make_down_blocks,
-    per_block,
-)
-
-_FIXED_KEYS = {
-    **{
-        key: _UNET_FIXED_KEYS[key]
-        for key in (
-            "mid_block_type", "act_fn", "mid_block_scale_factor", "only_cross_attention", "encoder_hid_dim",
-            "encoder_hid_dim_type", "class_embed_type", "num_class_embeds", "projection_class_embeddings_input_dim",
-            "addition_embed_type", "addition_time_embed_dim", "addition_embed_type_num_heads",
-            "resnet_time_scale_shift",
-        )
-    },
-    "global_pool_conditions": (False,),
-}
-
-
-@dataclass
-class ControlNetConfig:
-    """The fields of diffusers' ControlNetModel ``config.json``; the defaults are the SD 1.5 ControlNets'.
-
-    The encoder fields mean what they mean in UNetConfig; ``num_attention_heads``, when set, overrides the
-    (misnamed) ``attention_head_dim`` as the number of heads. ``conditioning_embedding_out_channels`` are the widths
-    of the condition-image convnet; ``controlnet_conditioning_channel_order`` "bgr" flips the condition's channels.
-    """
-
-    in_channels: int = 4
-    conditioning_channels: int = 3
-    flip_sin_to_cos: bool = True
-    freq_shift: int = 0
-    down_block_types: tuple = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
-    block_out_channels: tuple = (320, 640, 1280, 1280)
-    layers_per_block: int = 2
-    downsample_padding: int = 1
-    norm_num_groups: int = 32
-    norm_eps: float = 1e-5
-    cross_attention_dim: int = 768
-    transformer_layers_per_block: int = 1
-    attention_head_dim: int | tuple = 8
-    num_attention_heads: int | tuple | None = None
-    use_linear_projection: bool = False
-    upcast_attention: bool = False
-    controlnet_conditioning_channel_order: str = "rgb"
-    conditioning_embedding_out_channels: tuple = (16, 32, 96, 256)
-
-    def __post_init__(self):
-        for key in ("down_block_types", "block_out_channels", "conditioning_embedding_out_channels"):
-            setattr(self, key, tuple(getattr(self, key)))
-        for key in ("attention_head_dim", "num_attention_heads"):
-            if isinstance(getattr(self, key), list):
-                setattr(self, key, tuple(getattr(self, key)))
-        check_encoder_fields(self, "ControlNet")
-        if self.controlnet_conditioning_channel_order not in ("rgb", "bgr"):
-            raise ValueError(
-                "ControlNet config: controlnet_conditioning_channel_order must be 'rgb' or 'bgr', found "
-                f"{self.controlnet_conditioning_channel_order!r}."
-            )
-
-    def heads_per_block(self):
-        """Number of attention heads of each down block; the mid block uses the last."""
-        heads = self.num_attention_heads or self.attention_head_dim
-        return per_block(heads, len(self.block_out_channels), "num_attention_heads", "ControlNet")
-
-    @classmethod
-    def from_dict(cls, d):
-        """Read a diffusers ControlNetModel ``config.json`` (as a dict); unsupported values raise ValueError."""
-        return config_from_dict(cls, d, _FIXED_KEYS, "ControlNet")
-
-    def to_dict(self):
-        """A ``config.json`` dict that diffusers' ``ControlNetModel.from_config`` loads."""
-        d = {"_class_name": "ControlNetModel", **asdict(self)}
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+from minidiff.models.unet import UNetMidBlock2DCrossAttn, make_down_blocks
 
 
 def zero_conv(in_channels, out_channels, kernel_size=1):

@@ -2,15 +2,21 @@
 
 Stable Diffusion reads a prompt the way CLIP was trained to:
 
-1. normalise: Unicode NFC, every run of whitespace becomes one space, every character is lowercased;
-2. cut out the special tokens (``<|startoftext|>``, ``<|endoftext|>`` and the padding token), then split the
-   rest into words with a regular expression: runs of letters, single digits, runs of other symbols, and the
-   English contractions 's 't 're 've 'm 'll 'd (whitespace only separates words and is dropped);
-3. spell each word as its UTF-8 bytes, each byte shown as one printable character (``bytes_to_unicode``),
+1. normalize: Unicode NFC, every run of whitespace becomes one space, every character is lowercased;
+2. pre-tokenize: cut out the special tokens (``<|startoftext|>``, ``<|endoftext|>`` and the padding token),
+   then split the rest into words with a regular expression: runs of letters, single digits, runs of other
+   symbols, and the English contractions 's 't 're 've 'm 'll 'd (whitespace only separates words and is dropped);
+3. BPE: spell each word as its UTF-8 bytes, each byte shown as one printable character (``bytes_to_unicode``),
    mark the last one with ``</w>`` (end of word), then repeatedly join the adjacent pair of pieces that
-   comes first in the merge list (BPE) until no pair of the word is in the list;
-4. look the pieces up in the vocabulary, put ``<|startoftext|>`` in front and ``<|endoftext|>`` behind,
+   comes first in the merge list until no pair of the word is in the list;
+4. ids: look the pieces up in the vocabulary, put ``<|startoftext|>`` in front and ``<|endoftext|>`` behind,
    truncate and pad to 77 ids.
+
+Steps 1 and 2 use the normalizer and word splitter of the ``tokenizers`` library, built as transformers builds
+them: which characters are capitals, letters or whitespace is read from Unicode's tables, which grow with each
+Unicode version (Python 3.11's ``str.lower`` reads Unicode 14; the ``regex`` module reads a newer version than
+``tokenizers`` does). Only the tables transformers uses split every text into the same words. Steps 3 and 4 are
+written out here.
 
 The ids equal those of Hugging Face's ``CLIPTokenizer`` (which does not use the optional ``ftfy`` text fixer).
 One difference on purpose: special tokens are recognised after lowercasing, so ``<|ENDOFTEXT|>`` is an end
@@ -22,12 +28,12 @@ import gzip
 import importlib.util
 import json
 import math
-import unicodedata
+import re
 from pathlib import Path
 from typing import NamedTuple
 
-import regex
 import torch
+from tokenizers import Regex, normalizers, pre_tokenizers
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -37,9 +43,13 @@ END_OF_WORD = "</w>"
 CLIP_NUM_MERGES = 49152 - 256 - 2
 OPENCLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
-WHITESPACE = regex.compile(r"\s+")
+NORMALIZER = normalizers.Sequence(
+    [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+)
 # \p{L}: any letter, \p{N}: any digit or numeral, \s: any Unicode whitespace.
-WORD = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+")
+WORD = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+"
+# invert=True: the pattern matches the words themselves; "removed": what lies between them (whitespace) is dropped.
+WORD_SPLITTER = pre_tokenizers.Split(Regex(WORD), behavior="removed", invert=True)
 
 
 def bytes_to_unicode():
@@ -69,9 +79,16 @@ def byte_tokens():
 
 def normalize(text):
     """NFC, whitespace runs -> " ", lowercase (character by character: no special rule for a final sigma)."""
-    text = unicodedata.normalize("NFC", text)
-    text = WHITESPACE.sub(" ", text)
-    return "".join(c.lower() for c in text)
+    return NORMALIZER.normalize_str(text)
+
+
+def split_words(text):
+    """Normalised text without special tokens -> its words: "it's 4k!" -> ["it", "'s", "4", "k", "!"].
+
+    transformers' pre-tokenizer then spells each word in bytes (its byte-level step, whose own split cuts no
+    CLIP word further); here ``tokenize`` does that, just before BPE.
+    """
+    return [word for word, _span in WORD_SPLITTER.pre_tokenize_str(text)]
 
 
 class TokenizerOutput(NamedTuple):
@@ -121,7 +138,7 @@ class CLIPTokenizer:
         self.bos_id, self.eos_id, self.pad_id = self.vocab[BOS], self.vocab[EOS], self.vocab[pad_token]
         # Special tokens are cut out of the text before words are split (longest first, should one contain another).
         specials = sorted({BOS, EOS, pad_token}, key=len, reverse=True)
-        self.special_pattern = regex.compile("(" + "|".join(regex.escape(t) for t in specials) + ")")
+        self.special_pattern = re.compile("(" + "|".join(re.escape(t) for t in specials) + ")")
         self.cache = {}  # word -> its BPE pieces; prompts repeat words a lot
 
     @classmethod
@@ -191,18 +208,20 @@ class CLIPTokenizer:
 
     def tokenize(self, text):
         """Text -> list of vocabulary pieces (strings), without start and end tokens."""
+        text = normalize(text)  # 1. normalize
         pieces = []
-        # With one capture group, split() alternates: text, special token, text, special token, ...
-        for i, part in enumerate(self.special_pattern.split(normalize(text))):
+        # 2. pre-tokenize. With one capture group, split() alternates: text, special token, text, special token, ...
+        for i, part in enumerate(self.special_pattern.split(text)):
             if i % 2 == 1:
                 pieces.append(part)
                 continue
-            for word in WORD.findall(part):
+            for word in split_words(part):
+                # 3. BPE, on the word's UTF-8 bytes spelt as printable characters
                 pieces.extend(self.bpe("".join(BYTE_TO_UNICODE[b] for b in word.encode("utf-8"))))
         return pieces
 
     def encode(self, text):
-        """Text -> list of token ids, without start and end tokens and without truncation."""
+        """Text -> list of token ids (4. each piece looked up), without start and end tokens or truncation."""
         return [self.vocab[piece] for piece in self.tokenize(text)]
 
     def decode(self, ids):

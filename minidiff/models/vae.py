@@ -11,85 +11,16 @@ loads key for key.
 """
 
 import warnings
-from dataclasses import asdict, dataclass, fields
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from minidiff.models.attention import attention
+from minidiff.models.config import VAEConfig
 from minidiff.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
-
-# Config keys minidiff reads only when they hold the value below: other values select variants it does not build.
-_FIXED_KEYS = {"latents_mean": None, "latents_std": None}
-
-
-@dataclass
-class VAEConfig:
-    """The fields of diffusers' AutoencoderKL ``config.json``; the defaults are Stable Diffusion 1.x/2.x's VAE."""
-
-    in_channels: int = 3
-    out_channels: int = 3
-    down_block_types: tuple = ("DownEncoderBlock2D",) * 4
-    up_block_types: tuple = ("UpDecoderBlock2D",) * 4
-    block_out_channels: tuple = (128, 256, 512, 512)
-    layers_per_block: int = 2
-    act_fn: str = "silu"
-    latent_channels: int = 4
-    norm_num_groups: int = 32
-    sample_size: int = 512
-    scaling_factor: float = 0.18215
-    shift_factor: float | None = None
-    force_upcast: bool = True
-    use_quant_conv: bool = True
-    use_post_quant_conv: bool = True
-    mid_block_add_attention: bool = True
-
-    def __post_init__(self):
-        self.down_block_types = tuple(self.down_block_types)
-        self.up_block_types = tuple(self.up_block_types)
-        self.block_out_channels = tuple(self.block_out_channels)
-        n = len(self.block_out_channels)
-        for key, block_type in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
-            value = getattr(self, key)
-            if value != (block_type,) * n:
-                raise ValueError(
-                    f"VAE config: {key} must be {n} x '{block_type}' (one per entry of block_out_channels), "
-                    f"found {list(value)}; minidiff builds only the plain blocks Stable Diffusion's VAE uses."
-                )
-        if self.act_fn != "silu":
-            raise ValueError(
-                f"VAE config: act_fn must be 'silu' (the only activation the VAE uses), found {self.act_fn!r}."
-            )
-
-    @classmethod
-    def from_dict(cls, d):
-        """Read a diffusers AutoencoderKL ``config.json`` (as a dict); keys starting with ``_`` are metadata."""
-        known = {f.name for f in fields(cls)}
-        kwargs = {}
-        for key, value in d.items():
-            if key.startswith("_"):
-                continue
-            if key in _FIXED_KEYS:
-                if value != _FIXED_KEYS[key]:
-                    raise ValueError(
-                        f"VAE config: {key}={value!r} is not supported; minidiff supports only "
-                        f"{key}={_FIXED_KEYS[key]!r} (the Stable Diffusion 1.x/2.x VAE)."
-                    )
-                continue
-            if key not in known:
-                raise ValueError(
-                    f"VAE config: unknown key {key!r}. Supported keys: {', '.join(sorted(known | set(_FIXED_KEYS)))}."
-                )
-            kwargs[key] = value
-        return cls(**kwargs)
-
-    def to_dict(self):
-        """A ``config.json`` dict that diffusers' ``AutoencoderKL.from_config`` loads."""
-        d = {"_class_name": "AutoencoderKL", **asdict(self)}
-        for key in ("down_block_types", "up_block_types", "block_out_channels"):
-            d[key] = list(d[key])
-        return d
+from minidiff.noise import randn
 
 
 class DiagonalGaussian:
@@ -104,10 +35,9 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator=None):
-        """z = mean + std * eps, eps ~ N(0, I) drawn on the generator's device (as diffusers does), then moved."""
-        draw_device = generator.device if generator is not None else self.mean.device
-        eps = torch.randn(self.mean.shape, generator=generator, device=draw_device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps.to(self.mean.device)
+        """z = mean + std * eps, eps ~ N(0, I) in the moments' dtype; generator: one, or a list of one per batch
+        element (``minidiff.noise.randn``, as diffusers draws it). (B, C, h, w)."""
+        return self.mean + self.std * randn(self.mean.shape, generator, self.mean.dtype, self.mean.device)
 
     def mode(self):
         """The most likely latent: the mean. (B, C, h, w)."""
@@ -309,15 +239,29 @@ class AutoencoderKL(nn.Module):
         shift = self.config.shift_factor or 0.0
         return z / self.config.scaling_factor + shift
 
-    def decode_safely(self, z):
-        """``decode`` in the model's dtype; if float16 overflowed (inf/NaN in the image), decode again in float32.
+    @contextmanager
+    def cast(self, dtype):
+        """Run the block with the weights in ``dtype``, then put them back in their own dtype (float16 -> float32
+        -> float16 is lossless). Yields the model."""
+        own = self.dtype
+        self.to(dtype)
+        try:
+            yield self
+        finally:
+            self.to(own)
 
-        Activations of the SD VAE decoder can exceed float16's range (65504) at high resolution. The retry casts the
-        model to float32 and back (lossless for float16 weights) and returns the float32 image; it warns once per model.
-        z: (B, latent_channels, h, w) -> (B, out_channels, H, W).
+    def decode_safely(self, z, dtype=None):
+        """``decode`` in ``dtype`` (default: the weights' dtype); if float16 overflowed (inf/NaN in the image), decode
+        again in float32.
+
+        Activations of the SD VAE decoder can exceed float16's range (65504) at high resolution. The retry runs the
+        model in float32 (``cast``) and returns the float32 image; it warns once per model. A pipeline that follows
+        ``force_upcast`` passes dtype=float32 and skips the float16 pass. z: (B, latent_channels, h, w) ->
+        (B, out_channels, H, W).
         """
-        dtype = self.dtype
-        image = self.decode(z.to(dtype))
+        dtype = dtype or self.dtype
+        with self.cast(dtype):
+            image = self.decode(z.to(dtype))
         if dtype != torch.float16 or torch.isfinite(image).all():
             return image
         if not self._warned_fp16_overflow:
@@ -328,8 +272,5 @@ class AutoencoderKL(nn.Module):
                 stacklevel=2,
             )
             self._warned_fp16_overflow = True
-        try:
-            self.float()
+        with self.cast(torch.float32):
             return self.decode(z.float())
-        finally:
-            self.to(dtype)

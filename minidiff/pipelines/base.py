@@ -15,9 +15,15 @@ Random numbers: one ``torch.Generator`` (a CPU one made from ``seed``, unless yo
 random number of a run in the order diffusers draws them (VAE posterior samples, the start noise, the noise of
 stochastic samplers), so a seed gives the same picture as diffusers' pipelines with
 ``generator=torch.Generator("cpu").manual_seed(seed)``; on the CPU the same seed and settings give bit-identical
-images run after run. Noise is drawn in the networks' dtype, as diffusers draws it (some torch versions give
-other numbers for float16 than for float32), but the latents stay float32 between steps: only the networks'
-inputs and outputs are in their dtype.
+images run after run. A list of generators, one per picture, draws each picture's numbers from its own
+generator, as diffusers does (``minidiff.noise``).
+
+Precision: the latents are in the U-Net's dtype (that of the text embeddings) from the start noise to the last
+step, as in diffusers' pipelines: noise is drawn in that dtype, the picture's latents (img2img, inpainting) are
+cast to it, and each sampler step returns what its arithmetic gives, as the matching diffusers scheduler does
+(see "Precision" in ``minidiff/samplers/base.py``). So a float16 run takes diffusers' float16 steps; a float32
+run is float32 throughout. The VAE runs in its own dtype unless the pipeline family follows ``force_upcast``
+(``vae_dtype``); images come back as float32.
 """
 
 import random
@@ -28,7 +34,7 @@ from tqdm.auto import tqdm
 
 from minidiff.images import tensor_to_pil
 from minidiff.pipelines.prompts import as_prompt_list, prompt_embeddings
-from minidiff.samplers import randn
+from minidiff.noise import randn
 
 
 @dataclass
@@ -57,9 +63,15 @@ class PipelineResult:
         return tensor_to_pil(self.images)
 
 
-def make_generator(seed=None, generator=None):
-    """(generator, seed): the given generator (seed None), or a CPU generator seeded with ``seed`` (a random seed
-    when none is given, reported so that the run can be repeated)."""
+def make_generator(seed=None, generator=None, batch=None):
+    """(generator, seed): the given generator or list of generators (seed None), or a CPU generator seeded with
+    ``seed`` (a random seed when none is given, reported so that the run can be repeated). A list must hold one
+    generator per picture of the ``batch``."""
+    if isinstance(generator, (list, tuple)) and batch is not None and len(generator) != batch:
+        raise ValueError(
+            f"got {len(generator)} generators for {batch} pictures; pass one generator per picture (prompts x "
+            f"num_images_per_prompt), or a single generator"
+        )
     if generator is not None:
         return generator, None
     if seed is None:
@@ -69,6 +81,11 @@ def make_generator(seed=None, generator=None):
 
 class PipelineBase:
     """The networks of a Stable Diffusion model and the stages every task shares. See the module docstring."""
+
+    # diffusers parity: diffusers' SD 1.x/2.x pipelines run the VAE in its own dtype and never read
+    # vae.config.force_upcast; its SDXL pipelines follow it (see ``vae_dtype``). A pipeline family sets this to
+    # what its diffusers counterpart does.
+    follows_force_upcast = False
 
     def __init__(self, tokenizer, text_encoder, vae, unet, scheduler_config, controlnet=None):
         self.tokenizer, self.text_encoder, self.vae, self.unet = tokenizer, text_encoder, vae, unet
@@ -121,18 +138,36 @@ class PipelineBase:
                                     num_images_per_prompt, guidance_scale > 1, clip_skip)
         return context.to(self.device, self.unet.dtype), len(as_prompt_list(prompt)) * num_images_per_prompt
 
+    def vae_dtype(self, stage):
+        """The dtype the VAE runs in to "encode" or "decode": its own, or, in a pipeline family that follows
+        ``force_upcast`` (diffusers' SDXL pipelines) and a VAE whose config sets it, float32 to encode and float32
+        to decode a float16 VAE (a bfloat16 one decodes in bfloat16, as there)."""
+        vae = self.vae
+        upcast = stage == "encode" or vae.dtype == torch.float16
+        return torch.float32 if self.follows_force_upcast and vae.config.force_upcast and upcast else vae.dtype
+
     def noise(self, shape, generator):
-        """Standard normal noise of ``shape``, drawn in the U-Net's dtype like diffusers' pipelines, as float32."""
-        return randn(shape, generator, dtype=self.unet.dtype, device=self.device).float()
+        """Standard normal noise of ``shape`` in the U-Net's dtype, the dtype of the latents (as in diffusers)."""
+        return randn(shape, generator, dtype=self.unet.dtype, device=self.device)
 
     def encode_image(self, image, generator):
-        """image (1, 3, H, W) in [0, 1] -> a sample of q(z | x), scaled for the U-Net: (1, 4, H/8, W/8) float32."""
-        posterior = self.vae.encode((image * 2 - 1).to(self.device, self.vae.dtype))
-        return self.vae.scale_latents(posterior.sample(generator)).float()
+        """image (1, 3, H, W) in [0, 1] -> samples of q(z | x), scaled for the U-Net, in its dtype: (1, 4, H/8, W/8)
+        from one generator; (n, 4, H/8, W/8) from a list of n, one sample from each (as diffusers' img2img draws)."""
+        # diffusers parity: its image processor hands the VAE a PIL picture laid out channels-last (a transposed
+        # (H, W, C) array); the convolutions then take other kernels, which round differently in float16
+        image = (image * 2 - 1).to(self.device, self.vae_dtype("encode"), memory_format=torch.channels_last)
+        with self.vae.cast(image.dtype) as vae:
+            posterior = vae.encode(image)
+            if isinstance(generator, (list, tuple)):
+                z = torch.cat([posterior.sample(g) for g in generator])
+            else:
+                z = posterior.sample(generator)
+        return self.vae.scale_latents(z.to(self.unet.dtype))
 
     def decode(self, latents):
         """Scaled latents (B, 4, h, w) -> images (B, 3, 8h, 8w) in [0, 1], float32 on the CPU."""
-        image = self.vae.decode_safely(self.vae.unscale_latents(latents.to(self.device)))
+        z = self.vae.unscale_latents(latents.to(self.device))
+        image = self.vae.decode_safely(z, dtype=self.vae_dtype("decode"))
         return (image.float() / 2 + 0.5).clamp(0, 1).cpu()
 
     def guided_unet(self, context, guidance_scale, extra_channels=None, control=None):

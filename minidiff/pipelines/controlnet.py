@@ -36,9 +36,9 @@ class ControlNetGuidance(PipelineBase):
         condition = as_image_tensor(control_image, channels=self.controlnet.config.conditioning_channels)
         height, width = condition.shape[-2:]
         self.check_size(width, height)
-        generator, seed = make_generator(seed, generator)
         context, batch = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt, guidance_scale,
                                             clip_skip)
+        generator, seed = make_generator(seed, generator, batch)
         sampler = make_sampler(sampler, self.scheduler_config, steps, karras=karras, eta=eta)
 
         f = self.vae_scale_factor

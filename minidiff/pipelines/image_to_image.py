@@ -28,12 +28,12 @@ class ImageToImage(PipelineBase):
         self.check_plain_unet("image_to_image")
         image = as_image_tensor(image)  # (1, 3, H, W)
         self.check_size(image.shape[-1], image.shape[-2])
-        generator, seed = make_generator(seed, generator)
         context, batch = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt, guidance_scale,
                                             clip_skip)
+        generator, seed = make_generator(seed, generator, batch)
         sampler = make_sampler(sampler, self.scheduler_config, steps, karras=karras, eta=eta, strength=strength)
 
-        z0 = self.encode_image(image, generator).expand(batch, -1, -1, -1)  # (B, 4, h, w), one picture for all
+        z0 = self.encode_image(image, generator).expand(batch, -1, -1, -1)  # (B, 4, h, w): one sample or one each
         noise = self.noise(z0.shape, generator)
         latents = sampler.add_noise(z0, noise, 0)
         model_fn = self.guided_unet(context, guidance_scale)

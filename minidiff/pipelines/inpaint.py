@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from minidiff.images import as_image_tensor, as_mask_tensor
 from minidiff.pipelines.base import PipelineBase, make_generator
-from minidiff.samplers import make_sampler, randn
+from minidiff.noise import randn
+from minidiff.samplers import make_sampler
 
 
 class Inpaint(PipelineBase):
@@ -41,30 +42,36 @@ class Inpaint(PipelineBase):
             raise ValueError(f"inpainting needs a U-Net with {latent_channels} or {2 * latent_channels + 1} input "
                              f"channels, this one has {in_channels}")
         nine_channels = in_channels == 2 * latent_channels + 1
-        generator, seed = make_generator(seed, generator)
         context, batch = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt, guidance_scale,
                                             clip_skip)
+        generator, seed = make_generator(seed, generator, batch)
         sampler = make_sampler(sampler, self.scheduler_config, steps, karras=karras, eta=eta, strength=strength)
         h, w = image.shape[-2] // self.vae_scale_factor, image.shape[-1] // self.vae_scale_factor
 
         # The random draws come in diffusers' order: the picture's latents, the start noise, the masked picture's.
+        # diffusers parity: with a list of generators, diffusers' inpainting encodes the one picture (and the
+        # masked one) with the first generator only; the start noise and the sampler draw from each. It copies
+        # the latents to the batch with `repeat` (contiguous, where the encoder gives channels-last), and the
+        # U-Net's float16 roundings depend on that layout: so do we.
+        first = generator[0] if isinstance(generator, (list, tuple)) else generator
         z0 = None
         if not nine_channels or strength < 1:
-            z0 = self.encode_image(image, generator).expand(batch, -1, -1, -1)  # (B, 4, h, w)
+            z0 = self.encode_image(image, first).repeat(batch, 1, 1, 1)  # (B, 4, h, w)
         noise = self.noise((batch, latent_channels, h, w), generator)
         latents = noise * sampler.init_noise_sigma if strength == 1 else sampler.add_noise(z0, noise, 0)
-        m = F.interpolate(mask, size=(h, w)).to(self.device).expand(batch, -1, -1, -1)  # (B, 1, h, w), nearest
+        m = F.interpolate(mask, size=(h, w)).to(self.device, self.unet.dtype)  # (1, 1, h, w), nearest pixel
+        m = m.expand(batch, -1, -1, -1)  # (B, 1, h, w)
 
         if nine_channels:
             masked_image = torch.where(mask >= 0.5, 0.5, image)  # the hole becomes mid-grey (0 in [-1, 1])
-            masked_latents = self.encode_image(masked_image, generator).expand(batch, -1, -1, -1)  # (B, 4, h, w)
-            extra = torch.cat([m, masked_latents], dim=1).to(self.unet.dtype)  # (B, 5, h, w)
+            masked_latents = self.encode_image(masked_image, first).repeat(batch, 1, 1, 1)  # (B, 4, h, w)
+            extra = torch.cat([m, masked_latents], dim=1)  # (B, 5, h, w)
             extra = torch.cat([extra] * 2) if guidance_scale > 1 else extra  # one copy per half of the CFG batch
             model_fn, blend = self.guided_unet(context, guidance_scale, extra_channels=extra), None
         else:
             # diffusers encodes the masked picture here too and never uses it; drawing the same numbers keeps
             # seeds interchangeable with its pipeline
-            randn((1, latent_channels, h, w), generator, dtype=self.vae.dtype, device=self.device)
+            randn((1, latent_channels, h, w), first, dtype=self.vae_dtype("encode"), device=self.device)
             model_fn = self.guided_unet(context, guidance_scale)
             last = len(sampler.timesteps) - 1
 

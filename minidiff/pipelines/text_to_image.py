@@ -21,6 +21,7 @@ class TextToImage(PipelineBase):
                       progress=True):
         """prompt (str or list of P str) -> PipelineResult with images (P * num_images_per_prompt, 3, H, W).
 
+        seed, or generator: a torch.Generator, or a list of one per picture (each picture's numbers from its own);
         negative_prompt: the text to steer away from (default ""); sampler: one of ``SAMPLER_NAMES``; karras:
         Karras σ spacing (None: the model's ``use_karras_sigmas``, as in diffusers); eta: DDIM's noise;
         width/height: multiples of 8, default the U-Net's native size;
@@ -31,9 +32,9 @@ class TextToImage(PipelineBase):
         native = self.unet.config.sample_size * self.vae_scale_factor
         width, height = width or native, height or native
         self.check_size(width, height)
-        generator, seed = make_generator(seed, generator)
         context, batch = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt, guidance_scale,
                                             clip_skip)
+        generator, seed = make_generator(seed, generator, batch)
         sampler = make_sampler(sampler, self.scheduler_config, steps, karras=karras, eta=eta)
 
         f = self.vae_scale_factor

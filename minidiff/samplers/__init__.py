@@ -27,7 +27,8 @@ The interface every sampler shares:
         callback(i, t, x, x0_pred) -> None or a replacement x, after call i
 """
 
-from .base import KARRAS_SAMPLERS, SAMPLER_NAMES, Sampler, randn
+from ..noise import randn  # the package's one noise function, re-exported for lessons
+from .base import KARRAS_SAMPLERS, SAMPLER_NAMES, Sampler
 from .config import SchedulerConfig
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler

@@ -1,4 +1,4 @@
-"""What every sampler shares: choosing the timesteps, img2img's late start, the noise levels σ, and noise draws.
+"""What every sampler shares: choosing the timesteps, img2img's late start and the noise levels σ.
 
 A sampler walks a latent from noise to a clean sample in ``steps`` steps, calling the network at a few of the
 T = 1000 training timesteps. Two families:
@@ -12,9 +12,12 @@ img2img starts late: with ``strength`` s, only the last int(steps · s) steps ru
 the level of the first of them (``add_noise(x0, noise, 0)``).
 
 Precision: schedules are float32, built as diffusers builds them, and the per-step scalars (ᾱ_t, σ_i) stay
-float32. diffusers' Euler, Euler ancestral and DPM++ 2M take their update in float32 (upcasting a half-precision
-latent, rounding a float64 one) and return the network's dtype; minidiff does the same in those three, so that
-float16 runs match diffusers and float64 runs agree with it to 1e-6 rather than a few 1e-7 beyond.
+float32. A sampler keeps the latent in the dtype it is given (the pipelines give the U-Net's, as diffusers'
+pipelines do) and takes each step with the arithmetic of the matching diffusers scheduler: Euler, Euler ancestral
+and DPM++ 2M upcast the latent to float32 for the update and round the result to the network output's dtype
+(so a float64 latent is rounded to float32 too); DDPM, DDIM, Heun and LMS compute in the latent's own dtype,
+the 0-dim float32 scalars leaving it unchanged (PyTorch's type promotion). So with latent and network in float16
+every step equals diffusers' bit for bit, and float64 runs agree with it to 1e-6 rather than a few 1e-7 beyond.
 """
 
 import numbers
@@ -81,20 +84,6 @@ def denoised_from_output(model_output, x, sigma, prediction_type):
     if prediction_type == "v_prediction":
         return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
     return model_output
-
-
-def randn(shape, generator=None, dtype=torch.float32, device="cpu"):
-    """Standard normal noise drawn the way diffusers draws it (``randn_tensor``), so seeds give the same numbers.
-
-    The numbers come from the generator's device (then move to ``device``); a list of generators draws one
-    batch element from each, in order. shape: (B, ...).
-    """
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != 1:
-            return torch.cat([randn((1, *shape[1:]), g, dtype, device) for g in generator])
-        generator = generator[0]
-    rand_device = generator.device if generator is not None and generator.device.type == "cpu" else device
-    return torch.randn(shape, generator=generator, dtype=dtype, device=rand_device).to(device)
 
 
 class Sampler:

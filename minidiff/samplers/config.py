@@ -9,7 +9,8 @@ A key missing from the file takes Stable Diffusion's value (the defaults below),
 there, as in diffusers (where each scheduler class has its own default, and ``X.from_config`` does not carry over
 values a file left out), a missing value means "leading" for ddpm and ddim and "linspace" for the others.
 SD 1.5's file has no ``timestep_spacing``, so diffusers' pipelines run DDIM on leading timesteps but Euler, Heun,
-LMS and DPM++ on linspace ones, and so does minidiff.
+LMS and DPM++ on linspace ones, and so does minidiff. Written back (``to_dict``), a missing value stays missing
+rather than becoming null (which diffusers' schedulers refuse), so diffusers falls back to the same class defaults.
 """
 
 import json
@@ -110,5 +111,9 @@ class SchedulerConfig:
         )
 
     def to_dict(self):
-        """The fields as a plain dict, in the key names of diffusers' scheduler_config.json."""
-        return asdict(self)
+        """The fields as a plain dict, in the key names of diffusers' scheduler_config.json.
+
+        A field left unset (None: no ``timestep_spacing``, no ``trained_betas``) is left out rather than written
+        as null, so that diffusers, reading the dict, applies each scheduler class's own default, as minidiff does.
+        """
+        return {name: value for name, value in asdict(self).items() if value is not None}

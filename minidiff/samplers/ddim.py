@@ -12,7 +12,8 @@ else ᾱ_0. As in diffusers, t' is always t - T // steps, whatever the spacing o
 import torch
 
 from ..schedule import eps_from_output, x0_from_output
-from .base import Sampler, randn, spaced_timesteps
+from ..noise import randn
+from .base import Sampler, spaced_timesteps
 
 
 class DDIMSampler(Sampler):

@@ -12,7 +12,8 @@ and the sampler draws x_{t'} from it, with x_0 predicted by the network (and cli
 import torch
 
 from ..schedule import x0_from_output
-from .base import Sampler, randn, spaced_timesteps
+from ..noise import randn
+from .base import Sampler, spaced_timesteps
 
 
 class DDPMSampler(Sampler):

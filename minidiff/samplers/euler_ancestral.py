@@ -5,7 +5,8 @@ Going from σ to σ', the step splits σ'² = σ_down² + σ_up²: the ODE carri
 standard deviation σ_up is added. Because fresh noise enters at every step, results depend on the generator.
 """
 
-from .base import SigmaSampler, denoised_from_output, randn, to_d
+from ..noise import randn
+from .base import SigmaSampler, denoised_from_output, to_d
 
 
 def get_ancestral_step(sigma_from, sigma_to):

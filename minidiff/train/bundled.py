@@ -31,11 +31,11 @@ from minidiff.data.captions import (BACKGROUND_PHRASES, COLORS, FRAMES, POSITION
                                     SIZE_WORDS)
 from minidiff.loading.components import Components, load_components, save_components
 from minidiff.loading.safetensors_file import write_safetensors
-from minidiff.models.clip import CLIPTextConfig
+from minidiff.models.config import CLIPTextConfig, UNetConfig, VAEConfig
 from minidiff.models.controlnet import ControlNetModel
 from minidiff.models.tokenizer import CLIPTokenizer, find_openclip_vocab, load_openclip_bpe, reduced_vocabulary
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
-from minidiff.models.vae import AutoencoderKL, VAEConfig
+from minidiff.models.unet import UNet2DConditionModel
+from minidiff.models.vae import AutoencoderKL
 from minidiff.samplers import SchedulerConfig
 from minidiff.schedule import NoiseSchedule
 from minidiff.train.clip import CLIP, CLIPTrainConfig, ImageTowerConfig, load_clip_folder, train_clip

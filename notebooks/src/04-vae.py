@@ -15,7 +15,8 @@ import torch
 
 from minidiff.data.shapes import sample_batch
 from minidiff.loading.components import load_network_folder, skip_random_init
-from minidiff.models.vae import AutoencoderKL, VAEConfig
+from minidiff.models.config import VAEConfig
+from minidiff.models.vae import AutoencoderKL
 from minidiff.samplers import SchedulerConfig
 from minidiff.schedule import NoiseSchedule
 

@@ -19,9 +19,10 @@ from minidiff.data.captions import parse_prompt
 from minidiff.data.detect import detect_objects, score
 from minidiff.evaluate import to_uint8
 from minidiff.models import attention as attention_module
+from minidiff.models.config import UNetConfig
 from minidiff.models.embeddings import timestep_embedding
 from minidiff.models.transformer import record_cross_attention
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
+from minidiff.models.unet import UNet2DConditionModel
 from minidiff.pipelines import StableDiffusion
 
 torch.manual_seed(0)

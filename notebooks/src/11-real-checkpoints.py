@@ -23,9 +23,10 @@ import torch
 from minidiff.loading import CheckpointError, read_pickle_checkpoint, read_safetensors, write_safetensors
 from minidiff.loading.safetensors_file import read_safetensors_header
 from minidiff.loading.single_file import rename_table
-from minidiff.models.clip import CLIPTextConfig, CLIPTextModel
-from minidiff.models.unet import UNet2DConditionModel, UNetConfig
-from minidiff.models.vae import AutoencoderKL, VAEConfig
+from minidiff.models.clip import CLIPTextModel
+from minidiff.models.config import CLIPTextConfig, UNetConfig, VAEConfig
+from minidiff.models.unet import UNet2DConditionModel
+from minidiff.models.vae import AutoencoderKL
 
 scratch = Path(tempfile.mkdtemp(prefix="minidiff-lesson11-"))  # every file of this notebook goes here
 
