@@ -6,7 +6,7 @@ import torch
 
 from minidiff.data.captions import COLORS, parse_prompt
 from minidiff.data.shapes import render_scenes
-from minidiff.evaluate import (attribute_rates, edge_f1, format_table, make_prompts, reconstruction_prompts,
+from minidiff.tools.evaluate import (attribute_rates, edge_f1, format_table, make_prompts, reconstruction_prompts,
                                reconstruction_rates)
 
 ONE_THREAD = True  # small pictures one at a time: run this module on one CPU thread (tests/conftest.py)

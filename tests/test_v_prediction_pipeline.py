@@ -1,5 +1,6 @@
-"""A whole SD 2.1-style run matches diffusers: v-prediction, zero terminal SNR, trailing spacing, attention in
-float32 (upcast_attention), linear projections, per-block head counts, a gelu text encoder padding with "!".
+"""A whole SD 2.1-style run matches diffusers: v-prediction, zero terminal SNR, trailing spacing, upcast_attention
+(which, as in diffusers' default attention processor, changes nothing), linear projections, per-block head counts,
+a gelu text encoder padding with "!".
 
 Both sides load the same tiny random model (tests/tiny_pipeline.py, ``tiny_v_model``) and run with the same seed
 and sampler: every sampler that has a zero-terminal-SNR option in diffusers (its Heun and LMS schedulers have
@@ -38,15 +39,10 @@ def test_the_model_is_sd21_style(models):
     assert sd.tokenizer.pad_token == "!"
 
 
-# diffusers' default attention processor (PyTorch's scaled_dot_product_attention) ignores upcast_attention;
-# minidiff's CrossAttention (models/transformer.py) computes such attention in float32, so in float16 the runs
-# differ (measured on this model: up to 1.5e-2 relative on the final latents), and are equal bit for bit when it
-# does not upcast. Whether minidiff follows diffusers there is that file's decision: remove this mark if it does.
-UPCAST_ATTENTION = pytest.mark.xfail(strict=True, reason="minidiff upcasts attention, diffusers' SDPA does not")
 
 
 @pytest.mark.parametrize("sampler", ZERO_SNR_SAMPLERS)
-@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(HALF, marks=UPCAST_ATTENTION)],
+@pytest.mark.parametrize("dtype", [torch.float32, HALF],
                          ids=["float32", "float16"])
 def test_text_to_image_matches_diffusers(tiny, models, dtype, sampler):
     reference = tiny.reference("text_to_image", sampler, dtype=dtype)

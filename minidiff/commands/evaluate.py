@@ -5,7 +5,7 @@
     python -m minidiff evaluate --control 50             # also edge F1 of the ControlNet vs no control
     python -m minidiff evaluate --reconstruct 200        # also VAE round trips of rendered scenes, scored
 
-Prompts, detector and scores: see minidiff/evaluate.py.
+Prompts, detector and scores: see minidiff/tools/evaluate.py.
 """
 
 from minidiff.commands.pipeline_options import BUNDLED_DEFAULTS, SAMPLERS
@@ -35,7 +35,7 @@ def run(args):
     import torch
 
     from minidiff.commands.pipeline_options import bundled_model
-    from minidiff.evaluate import evaluate, format_table
+    from minidiff.tools.evaluate import evaluate, format_table
 
     if args.samples < 1:
         raise ValueError(f"--samples must be at least 1, got {args.samples}")

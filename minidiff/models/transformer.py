@@ -27,7 +27,9 @@ class CrossAttention(nn.Module):
 
     out = to_out(concat_heads(softmax(q k^T / sqrt(d)) v)), q = to_q(x), k = to_k(c), v = to_v(c), c = context or x.
     x: (B, T_q, query_dim); context: (B, T_k, context_dim). Returns (B, T_q, query_dim).
-    ``upcast_attention`` computes attention in float32 when the model runs in float16/bfloat16 (SD 2.x needs it).
+    ``upcast_attention`` (SD 2.x's configs set it) is kept but, as in diffusers' default attention processor
+    (``F.scaled_dot_product_attention``, whose kernels accumulate in float32), changes nothing: half-precision
+    runs then match diffusers' bit for bit. diffusers' older processor computed the scores in float32 instead.
     """
 
     def __init__(self, query_dim, heads, head_dim, context_dim=None, upcast_attention=False):
@@ -49,8 +51,6 @@ class CrossAttention(nn.Module):
         context = x if context is None else context
         q = self.split_heads(self.to_q(x))  # (B, heads, T_q, d)
         k, v = self.split_heads(self.to_k(context)), self.split_heads(self.to_v(context))  # (B, heads, T_k, d)
-        if self.upcast_attention and q.dtype in (torch.float16, torch.bfloat16):
-            q, k, v = q.float(), k.float(), v.float()
         if self.recorder is None:
             h = attention(q, k, v)  # (B, heads, T_q, d)
         else:
@@ -138,13 +138,15 @@ class Transformer2DModel(nn.Module):
     def forward(self, x, context):
         B, C, H, W = x.shape
         to_tokens = lambda h: h.permute(0, 2, 3, 1).reshape(B, H * W, -1)  # (B, c, H, W) -> (B, HW, c)
-        to_image = lambda h: h.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, HW, c) -> (B, c, H, W)
+        # (B, HW, c) -> (B, c, H, W); diffusers parity: made contiguous, since float16 convolutions round
+        # differently in the channels-last layout the permute would leave
+        to_image = lambda h: h.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
         h = self.norm(x)
         h = self.proj_in(to_tokens(h)) if self.use_linear_projection else to_tokens(self.proj_in(h))  # (B, HW, inner)
         for block in self.transformer_blocks:
             h = block(h, context)
         h = to_image(self.proj_out(h)) if self.use_linear_projection else self.proj_out(to_image(h))  # (B, C, H, W)
-        return x + h
+        return h + x  # diffusers parity: h first, so the sum takes h's (contiguous) layout when x is channels-last
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from minidiff.data.captions import parse_prompt
 from minidiff.data.detect import detect_objects, score
-from minidiff.evaluate import to_uint8
+from minidiff.tools.evaluate import to_uint8
 from minidiff.models import attention as attention_module
 from minidiff.models.config import UNetConfig
 from minidiff.models.embeddings import timestep_embedding

@@ -17,7 +17,7 @@ import torch
 
 from minidiff.data.captions import parse_prompt
 from minidiff.data.detect import PALETTE, detect_objects, score
-from minidiff.evaluate import to_uint8
+from minidiff.tools.evaluate import to_uint8
 from minidiff.pipelines import StableDiffusion
 from minidiff.samplers import make_sampler, randn
 from minidiff.schedule import NoiseSchedule

@@ -14,7 +14,7 @@ import torch
 
 from minidiff.canny import canny, non_maximum_suppression, sobel
 from minidiff.data.shapes import Scene, SceneObject, render_scenes
-from minidiff.evaluate import edge_f1
+from minidiff.tools.evaluate import edge_f1
 from minidiff.models.controlnet import ControlNetModel, zero_conv
 from minidiff.pipelines import StableDiffusion
 
@@ -171,7 +171,7 @@ plt.show()
 # %% [markdown]
 # ## Edge F1 against the conditioning scale
 #
-# The edge F1 (`edge_f1` in `minidiff/evaluate.py`) compares the Canny edges of each output with the condition:
+# The edge F1 (`edge_f1` in `minidiff/tools/evaluate.py`) compares the Canny edges of each output with the condition:
 # precision is the fraction of the output's edge pixels that have a condition edge within one pixel, recall the
 # fraction of condition edges matched by the output, F1 = 2PR / (P + R).
 
