@@ -1,10 +1,22 @@
 """minidiff: a small, readable Stable Diffusion that matches diffusers number for number.
 
-The package mirrors the pipeline of a latent diffusion system:
+The package mirrors the pipeline of a latent diffusion system. The learner's path, each floor importing only the
+floors below it:
 
-    schedule  ->  samplers  ->  networks (text encoder, VAE, U-Net, ControlNet)  ->  pipelines  ->  command line
+    noise.py, schedule.py     random numbers drawn as diffusers draws them; the forward process q(x_t | x_0)
+    samplers/                 where to step (config.py, base.py) and how (one file per sampler)
+    models/                   shared blocks (attention, resnet, embeddings, transformer, activations), one file
+                              per network (clip, tokenizer, vae, unet, controlnet), their configs in config.py
+    loading/                  one reader per file format, one rename table per foreign key layout
+    pipelines/                what every task shares (base.py, guidance.py, prompts.py), one file per task
 
-Each module explains one idea; the lessons in ``lessons/`` walk through them in order.
+Beside it, never imported by it: data/ and train/ (the bundled model), fast.py (the GPU fast path), commands/ and
+cli.py (the command line). On top: tools/ (verify, evaluate, bench) and course/ (the exercise checkers).
+
+Where the next families go (names reserved, files not written yet): models/mmdit.py (SD3), models/flux.py,
+models/t5.py, models/clip.py's projection for SDXL's second text encoder; pipelines/sdxl.py, pipelines/sd3.py,
+pipelines/flux.py; samplers/ gains the flow-matching samplers beside the DDPM family; adapters/ (LoRA, textual
+inversion) and quantization/ beside the core; loading/gguf_file.py. tests/test_layout.py checks the floors.
 """
 
 __version__ = "0.1.0"

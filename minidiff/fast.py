@@ -28,6 +28,7 @@ from torch import nn
 
 from minidiff.models.attention import attention
 from minidiff.models.transformer import CrossAttention
+from minidiff.pipelines.guidance import classifier_free_guidance
 
 
 class FusedCrossAttention(CrossAttention):
@@ -174,8 +175,7 @@ class GuidedStep(CUDAGraphStep):
             out = net(x_in, t, self.context)
             if not self.guided:
                 return out
-            uncond, cond = out.chunk(2)
-            return uncond + guidance_scale * (cond - uncond)
+            return classifier_free_guidance(*out.chunk(2), guidance_scale)  # (B, C, h, w)
 
         x = torch.randn(latents_shape, device=device, dtype=dtype)
         t = torch.tensor(500.0, device=device)

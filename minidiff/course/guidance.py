@@ -1,31 +1,9 @@
-"""Lesson 7's checker: classifier-free guidance, against what minidiff's pipeline computes."""
-
-from types import SimpleNamespace
+"""Lesson 7's checker: classifier-free guidance, against the function minidiff's pipelines use."""
 
 import torch
 
 from minidiff.course.harness import call, compare, exercise, randn
-from minidiff.pipelines.base import PipelineBase
-
-
-class _FixedOutputUNet:
-    """Stands in for the U-Net inside the pipeline's guided model function: it returns fixed predictions for the
-    [unconditional; conditional] batch, whatever the input."""
-
-    dtype = torch.float32
-
-    def __init__(self, uncond, cond):
-        self.output = torch.cat([uncond, cond])
-
-    def __call__(self, x, t, context, **residuals):
-        return self.output
-
-
-def minidiff_guidance(uncond, cond, scale):
-    """What minidiff computes from the two predictions (B, C, H, W) at guidance scale ``scale``: the pipeline's guided
-    model function, the one a sampler calls, run around a U-Net that returns them."""
-    model_fn = PipelineBase.guided_unet(SimpleNamespace(unet=_FixedOutputUNet(uncond, cond)), None, scale)
-    return model_fn(torch.zeros(uncond.shape), torch.tensor(500))
+from minidiff.pipelines.guidance import classifier_free_guidance
 
 
 @exercise("classifier_free_guidance", "07-guidance", "combine the unconditional and conditional predictions")
@@ -37,7 +15,7 @@ def check_classifier_free_guidance(fn):
         uncond, cond = randn(g, *shape), randn(g, *shape)
         case = f"case {seed + 1}: predictions of shape {shape}, guidance scale {scale}"
         got = call(fn, case, uncond.clone(), cond.clone(), scale)
-        compare(got, minidiff_guidance(uncond, cond, scale), case, hint, mistakes={
+        compare(got, classifier_free_guidance(uncond, cond, scale), case, hint, mistakes={
             "cond + s (cond - uncond): the extrapolation starts from the unconditional prediction":
                 cond + scale * (cond - uncond),
             "uncond + s cond: guidance moves along the difference cond - uncond": uncond + scale * cond,

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minidiff.images import tensor_to_pil
+from minidiff.pipelines.guidance import classifier_free_guidance
 from minidiff.pipelines.prompts import as_prompt_list, prompt_embeddings
 from minidiff.noise import randn
 
@@ -187,8 +188,8 @@ class PipelineBase:
             out = self.unet(x, t, context, down_block_additional_residuals=down, mid_block_additional_residual=mid)
             if not guided:
                 return out
-            uncond, cond = out.chunk(2)  # (B, 4, h, w) each, in the U-Net's dtype (the sampler's noise follows it)
-            return uncond + guidance_scale * (cond - uncond)
+            uncond, cond = out.chunk(2)  # (B, 4, h, w) each, in the U-Net's dtype
+            return classifier_free_guidance(uncond, cond, guidance_scale)
 
         return model_fn
 

@@ -6,6 +6,7 @@ Both runs: context = text encoder([unconditional; conditional] ids); 50 (or ``st
 
 import torch
 
+from minidiff.pipelines.guidance import classifier_free_guidance
 from minidiff.samplers import SchedulerConfig, make_sampler
 
 GUIDANCE_SCALE = 7.5
@@ -23,7 +24,7 @@ def diffusers_text_to_image(text_encoder, unet, vae, ids, noise, steps):
     for t in scheduler.timesteps:
         x_in = scheduler.scale_model_input(torch.cat([x] * 2), t)
         uncond, cond = unet(x_in, t, context).sample.chunk(2)
-        x = scheduler.step(uncond + GUIDANCE_SCALE * (cond - uncond), t, x).prev_sample
+        x = scheduler.step(classifier_free_guidance(uncond, cond, GUIDANCE_SCALE), t, x).prev_sample
     return vae.decode(x / vae.config.scaling_factor).sample
 
 
@@ -47,5 +48,5 @@ class PlainGuidedStep:
         self.context = context
 
     def __call__(self, x, t):
-        uncond, cond = self.unet(torch.cat([x] * 2).to(self.unet.dtype), t, self.context).chunk(2)
-        return uncond + self.guidance_scale * (cond - uncond)
+        out = self.unet(torch.cat([x] * 2).to(self.unet.dtype), t, self.context)  # (2B, 4, h, w)
+        return classifier_free_guidance(*out.chunk(2), self.guidance_scale)
