@@ -28,7 +28,7 @@ The interface every sampler shares:
 """
 
 from ..noise import randn  # the package's one noise function, re-exported for lessons
-from .base import KARRAS_SAMPLERS, SAMPLER_NAMES, Sampler
+from .base import Sampler
 from .config import SchedulerConfig
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler
@@ -47,6 +47,8 @@ SAMPLERS = {
     "lms": LMSSampler,
     "dpmpp_2m": DPMPP2MSampler,
 }
+SAMPLER_NAMES = tuple(SAMPLERS)
+KARRAS_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if sampler.supports_karras)
 
 
 def make_sampler(name, config, steps, karras=None, eta=0.0, strength=1.0):

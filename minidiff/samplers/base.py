@@ -28,8 +28,6 @@ import torch
 
 from ..schedule import NoiseSchedule
 
-SAMPLER_NAMES = ("ddpm", "ddim", "euler", "euler_a", "heun", "lms", "dpmpp_2m")
-KARRAS_SAMPLERS = ("euler", "heun", "lms", "dpmpp_2m")
 
 
 def spaced_timesteps(config, steps):
@@ -93,7 +91,9 @@ class Sampler:
     """
 
     order = 1  # network calls per step: img2img skips whole steps, i.e. `order` entries of the timesteps
-    name = ""
+    name = ""  # the name make_sampler knows it by
+    diffusers_class = ""  # the diffusers scheduler it reproduces step for step
+    supports_karras = False  # whether Karras σ's (karras=True) apply
     default_spacing = "linspace"  # the timestep_spacing of the matching diffusers class, used when config has none
 
     def __init__(self, config, steps, karras=None, eta=0.0, strength=1.0):
@@ -104,12 +104,12 @@ class Sampler:
             raise ValueError(f"strength must be in (0, 1] (1 = start from pure noise), got {strength!r}")
         if eta != 0 and self.name != "ddim":
             raise ValueError(f"eta applies only to the ddim sampler, got eta={eta} for {self.name}")
-        if karras and self.name not in KARRAS_SAMPLERS:
-            raise ValueError(f"karras sigmas are available for {', '.join(KARRAS_SAMPLERS)}, not for {self.name}")
+        if karras and not self.supports_karras:
+            raise ValueError(f"karras sigmas are available for euler, heun, lms, dpmpp_2m, not for {self.name}")
         self.config = replace(config, timestep_spacing=config.timestep_spacing or self.default_spacing)
         self.steps, self.eta = int(steps), eta
         self.karras = config.use_karras_sigmas if karras is None else karras
-        self.karras = bool(self.karras) and self.name in KARRAS_SAMPLERS  # a config-level default may not apply
+        self.karras = bool(self.karras) and self.supports_karras  # a config-level default may not apply
         self.schedule = NoiseSchedule.from_config(config)
         self.make_schedule()
 

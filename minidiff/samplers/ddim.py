@@ -19,6 +19,7 @@ from .base import Sampler, spaced_timesteps
 class DDIMSampler(Sampler):
     default_spacing = "leading"
     name = "ddim"
+    diffusers_class = "DDIMScheduler"
 
     def make_schedule(self):
         self.all_timesteps = torch.from_numpy(spaced_timesteps(self.config, self.steps).round().astype("int64"))

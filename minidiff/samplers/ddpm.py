@@ -19,6 +19,7 @@ from .base import Sampler, spaced_timesteps
 class DDPMSampler(Sampler):
     default_spacing = "leading"
     name = "ddpm"
+    diffusers_class = "DDPMScheduler"
 
     def make_schedule(self):
         self.all_timesteps = torch.from_numpy(spaced_timesteps(self.config, self.steps).round().astype("int64"))

@@ -36,6 +36,8 @@ def alpha_sigma(sigma):
 
 class DPMPP2MSampler(Sampler):
     name = "dpmpp_2m"
+    diffusers_class = "DPMSolverMultistepScheduler"
+    supports_karras = True
 
     def make_schedule(self):
         alphas_cumprod = self.schedule.alphas_cumprod

@@ -9,6 +9,8 @@ from .base import SigmaSampler, denoised_from_output, to_d
 
 class EulerSampler(SigmaSampler):
     name = "euler"
+    diffusers_class = "EulerDiscreteScheduler"
+    supports_karras = True
 
     def final_sigma(self):
         """The σ after the last step: 0, or σ of training step 0 with ``final_sigmas_type="sigma_min"``."""

@@ -18,6 +18,7 @@ def get_ancestral_step(sigma_from, sigma_to):
 
 class EulerAncestralSampler(SigmaSampler):
     name = "euler_a"
+    diffusers_class = "EulerAncestralDiscreteScheduler"
 
     def sample(self, model_fn, x, generator=None, callback=None):
         """x: (B, C, H, W) noise of std ``init_noise_sigma``; returns the sampled x_0. Draws noise every step."""

@@ -16,6 +16,8 @@ from .base import SigmaSampler, denoised_from_output, to_d
 
 class HeunSampler(SigmaSampler):
     name = "heun"
+    diffusers_class = "HeunDiscreteScheduler"
+    supports_karras = True
     order = 2
     supports_zero_snr = False
 

@@ -43,6 +43,8 @@ def lms_coefficient(sigmas, i, j, order):
 
 class LMSSampler(SigmaSampler):
     name = "lms"
+    diffusers_class = "LMSDiscreteScheduler"
+    supports_karras = True
     max_order = 4
     supports_zero_snr = False
 
