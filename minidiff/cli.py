@@ -5,22 +5,24 @@ Every failure prints one line that says what went wrong and how to fix it, and e
 """
 
 import argparse
-import importlib
 import sys
 
-# Subcommand name -> module in minidiff.commands. The order is the order ``--help`` shows.
+from minidiff.commands import (bench, control, convert, evaluate, generate, img2img, inpaint, outpaint, schedule,
+                               train, verify)
+
+# Subcommand name -> its module in minidiff/commands/. The order is the order ``--help`` shows.
 COMMANDS = {
-    "generate": "generate",
-    "img2img": "img2img",
-    "inpaint": "inpaint",
-    "outpaint": "outpaint",
-    "control": "control",
-    "schedule": "schedule",
-    "convert": "convert",
-    "verify": "verify",
-    "train": "train",
-    "evaluate": "evaluate",
-    "bench": "bench",
+    "generate": generate,
+    "img2img": img2img,
+    "inpaint": inpaint,
+    "outpaint": outpaint,
+    "control": control,
+    "schedule": schedule,
+    "convert": convert,
+    "verify": verify,
+    "train": train,
+    "evaluate": evaluate,
+    "bench": bench,
 }
 
 
@@ -31,8 +33,7 @@ def build_parser():
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"minidiff.commands.{module_name}")
+    for name, module in COMMANDS.items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         module.add_arguments(p)

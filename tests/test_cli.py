@@ -25,13 +25,6 @@ FAST = ["--steps", "2", "--seed", "0"]
 ONE_THREAD = True  # tiny networks: run this module on one CPU thread (tests/conftest.py)
 
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    """Make sure the subcommands are registered with the dispatcher (cli.COMMANDS lists them)."""
-    for name in COMMANDS:
-        monkeypatch.setitem(cli.COMMANDS, name, name)
-
-
 @pytest.fixture(scope="module")
 def model():
     return str(tiny_model().path)

@@ -22,7 +22,7 @@ from minidiff.models.tokenizer import EOS, CLIPTokenizer, find_openclip_vocab, l
 from minidiff.models.unet import UNet2DConditionModel
 from minidiff.models.vae import AutoencoderKL
 from minidiff.samplers import SchedulerConfig
-from minidiff.verify import SCHEDULERS
+from minidiff.tools.verify import SCHEDULERS
 
 NETWORKS = ("text_encoder", "vae", "unet", "controlnet")
 
@@ -269,7 +269,7 @@ def test_single_file_refusals(folder, tmp_path):
 # ------------------------------------------------------------------ the convert command
 
 def convert(*args, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "COMMANDS", {"convert": "convert"})
+    monkeypatch.setattr(cli, "COMMANDS", {"convert": cli.COMMANDS["convert"]})
     code = cli.main(["convert", *map(str, args)])
     return code, capsys.readouterr()
 

@@ -12,7 +12,6 @@ MAX_LINES = 300
 LONG_FILES = {
     "loading/single_file.py": "the one rename table between CompVis/SGM single files and diffusers, with its checks",
     "models/config.py": "the four network configs and the one policy they share for config.json keys",
-    "verify.py": "the whole-model comparison with diffusers, row by row",
     "tools/verify.py": "the whole-model comparison with diffusers, row by row",
 }
 

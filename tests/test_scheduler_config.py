@@ -15,7 +15,7 @@ import pytest
 
 from minidiff.loading.components import scheduler_json
 from minidiff.samplers import SchedulerConfig
-from minidiff.verify import SCHEDULERS
+from minidiff.tools.verify import SCHEDULERS
 
 # scheduler/scheduler_config.json of runwayml/stable-diffusion-v1-5, as published.
 SD15_SCHEDULER_FILE = {

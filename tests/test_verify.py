@@ -16,17 +16,13 @@ import torch
 from test_scheduler_config import SD15_SCHEDULER_FILE, SD21_SCHEDULER_FILE
 from tiny_pipeline import tiny_model
 
-from minidiff import cli, verify
+from minidiff import cli
+from minidiff.tools import verify
 from minidiff.loading import load_components, save_single_file
 from minidiff.samplers import KARRAS_SAMPLERS, SAMPLER_NAMES
 
 SAMPLER_ROWS = [*SAMPLER_NAMES, *(f"{name} karras" for name in KARRAS_SAMPLERS)]
 ONE_THREAD = True  # tiny networks: run this module on one CPU thread (tests/conftest.py)
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    monkeypatch.setitem(cli.COMMANDS, "verify", "verify")
 
 
 def rows(stdout):

@@ -6,7 +6,7 @@ other row passes, and 1 naming the rows that failed.
     python -m minidiff verify weights/
     python -m minidiff verify v1-5-pruned-emaonly.safetensors --device cuda --dtype float16
 
-See minidiff/verify.py for what is compared and the tolerances.
+See minidiff/tools/verify.py for what is compared and the tolerances.
 """
 
 HELP = "compare minidiff with diffusers/transformers on a checkpoint (every network and every sampler)"
@@ -27,7 +27,7 @@ def add_arguments(parser):
 def run(args):
     import torch
 
-    from minidiff.verify import verify
+    from minidiff.tools.verify import verify
 
     checks = verify(args.path, device=args.device, dtype=getattr(torch, args.dtype), steps=args.steps,
                     size=args.size, allow_pickle=args.allow_pickle, prediction_type=args.prediction_type)

@@ -223,7 +223,7 @@ for key in ("conv_in.weight", "time_embedding.linear_1.weight",
 sys.path.insert(0, str(ROOT / "tests"))
 from tiny_pipeline import save_tiny_model  # noqa: E402  (tests/ is not a package)
 
-from minidiff.verify import verify  # noqa: E402
+from minidiff.tools.verify import verify  # noqa: E402
 
 tiny = save_tiny_model(scratch / "tiny-sd")
 print("files:", sorted(str(p.relative_to(tiny)) for p in tiny.rglob("*") if p.is_file()), "\n")
