@@ -132,3 +132,13 @@ def test_verify_reports_the_tolerance_each_row_was_held_to(capsys):
     assert table["tokenizer (ids)"][2] == 0  # token ids must be equal
     assert all(table[name][2] == network_tolerance for name in ("text encoder", "unet", "vae encode", "vae decode"))
     assert all(table[name][2] == run_tolerance for name in SAMPLER_ROWS)
+
+
+def test_verify_says_in_one_line_how_to_mend_a_scheduler_file_with_a_null_timestep_spacing(tmp_path, capsys):
+    written_by_older_minidiff = {**SD15_SCHEDULER_FILE, "timestep_spacing": None}
+    folder = tiny_model_with_scheduler(tmp_path / "model", lambda path: write_json(path, written_by_older_minidiff))
+    code = cli.main(["verify", str(folder), "--steps", "2"])
+    lines = capsys.readouterr().err.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1 and '"timestep_spacing": null' in errors[0], lines
+    assert "delete that line" in errors[0] and lines[-1] == "(run again with --debug for the full traceback)"

@@ -161,6 +161,12 @@ def reference_scheduler_config(path, components, prediction_type):
     path = Path(path)
     if path.is_dir():
         config = dict(diffusers.DDPMScheduler.load_config(path / "scheduler"))
+        if "timestep_spacing" in config and config["timestep_spacing"] is None:
+            raise ValueError(
+                f"{path / 'scheduler' / 'scheduler_config.json'} says \"timestep_spacing\": null, which diffusers' "
+                "schedulers refuse (older minidiff versions wrote it): delete that line, and each scheduler uses "
+                "its own default, as minidiff does"
+            )
     else:
         config = scheduler_json(components.scheduler_config)
     if prediction_type is not None:
