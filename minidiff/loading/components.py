@@ -234,6 +234,30 @@ def scheduler_json(scheduler_config):
     return {"_class_name": SCHEDULER_CLASS, "skip_prk_steps": True, **scheduler_config.to_dict()}
 
 
+def write_model_folder_configs(components, folder):
+    """Everything of a diffusers model folder but the weights: model_index.json, tokenizer/, scheduler/ and each
+    network's config.json, written into the existing ``folder``."""
+    index = {
+        "_class_name": "StableDiffusionControlNetPipeline" if components.controlnet else "StableDiffusionPipeline",
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", SCHEDULER_CLASS],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+    }
+    components.tokenizer.save_pretrained(folder / "tokenizer")
+    (folder / "scheduler").mkdir()
+    scheduler = scheduler_json(components.scheduler_config)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    for name, (_, _, _, class_name) in NETWORKS.items():
+        model = getattr(components, name)
+        if model is not None:
+            index[name] = class_name
+            (folder / name).mkdir()
+            (folder / name / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
 def save_components(components, folder, max_shard_bytes=None):
     """Write ``components`` as a diffusers model folder (which must not exist yet), atomically.
 
@@ -247,30 +271,12 @@ def save_components(components, folder, max_shard_bytes=None):
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
-        index = {
-            "_class_name": "StableDiffusionPipeline",
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "scheduler": ["diffusers", SCHEDULER_CLASS],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-        }
-        components.tokenizer.save_pretrained(tmp / "tokenizer")
-        (tmp / "scheduler").mkdir()
-        scheduler = scheduler_json(components.scheduler_config)
-        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
-        for name, (_, _, stem, class_name) in NETWORKS.items():
+        write_model_folder_configs(components, tmp)
+        for name, (_, _, stem, _) in NETWORKS.items():
             model = getattr(components, name)
-            if model is None:
-                continue
-            index[name] = class_name
-            (tmp / name).mkdir()
-            (tmp / name / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-            write_sharded_safetensors(model.state_dict(), tmp / name, stem, max_shard_bytes or float("inf"),
-                                      metadata={"format": "pt"})
-        if components.controlnet is not None:
-            index["_class_name"] = "StableDiffusionControlNetPipeline"
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+            if model is not None:
+                write_sharded_safetensors(model.state_dict(), tmp / name, stem, max_shard_bytes or float("inf"),
+                                          metadata={"format": "pt"})
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -41,13 +41,13 @@ import inspect
 import math
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from minidiff.loading import load_components
-from minidiff.loading.components import scheduler_json
+from minidiff.loading.components import scheduler_json, write_model_folder_configs
 from minidiff.samplers import KARRAS_SAMPLERS, SAMPLER_NAMES, SAMPLERS
 
 # (one network, a whole sampling run): tolerances on the max relative error, as measured (module docstring)
@@ -107,22 +107,9 @@ def compare(name, ours, reference, tolerance):
 def write_config_folder(components, folder):
     """The configs, tokenizer and scheduler of ``components`` as a diffusers folder without weights (what
     ``from_single_file(config=...)`` reads)."""
-    import json
-
-    from minidiff.loading.components import NETWORKS
-
     folder = Path(folder)
-    index = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "PNDMScheduler"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "safety_checker": [None, None],
-             "feature_extractor": [None, None], "requires_safety_checker": False}
-    components.tokenizer.save_pretrained(folder / "tokenizer")
-    for name in ("text_encoder", "vae", "unet"):
-        index[name] = NETWORKS[name][3]
-        (folder / name).mkdir(parents=True)
-        (folder / name / "config.json").write_text(json.dumps(getattr(components, name).config.to_dict()))
-    (folder / "scheduler").mkdir()
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_json(components.scheduler_config)))
-    (folder / "model_index.json").write_text(json.dumps(index))
+    folder.mkdir(parents=True)
+    write_model_folder_configs(replace(components, controlnet=None), folder)  # a single file has no ControlNet
     return folder
 
 
