@@ -12,6 +12,7 @@ import json
 import diffusers
 import pytest
 import torch
+from test_scheduler_config import SD15_SCHEDULER_FILE
 
 from minidiff.cli import main
 from minidiff.samplers import KARRAS_SAMPLERS, SAMPLER_NAMES, SchedulerConfig, make_sampler
@@ -28,21 +29,6 @@ DIFFUSERS_CLASSES = {
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5, torch.float16: 0.0, torch.bfloat16: 0.0}
 SPACINGS = ("leading", "trailing", "linspace")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-# Stable Diffusion 1.5's scheduler/scheduler_config.json, as published.
-SD15_SCHEDULER_CONFIG = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
 
 
 def config_dict(spacing="leading", prediction_type="epsilon", karras=False, **overrides):
@@ -303,7 +289,7 @@ def test_sd15_scheduler_config_loads_and_drives_every_sampler_like_diffusers(tmp
     linspace for the others). minidiff resolves a missing timestep_spacing the same way."""
     folder = tmp_path / "sd15" / "scheduler"
     folder.mkdir(parents=True)
-    (folder / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_CONFIG))
+    (folder / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_FILE))
     config = SchedulerConfig.from_json(tmp_path / "sd15")  # the model folder
     assert config == SchedulerConfig.from_json(folder) == SchedulerConfig.from_json(folder / "scheduler_config.json")
     assert SchedulerConfig.from_dict(config.to_dict()) == config
@@ -314,7 +300,7 @@ def test_sd15_scheduler_config_loads_and_drives_every_sampler_like_diffusers(tmp
         sampler = make_sampler(name, config, 10)
         assert torch.equal(sampler.timesteps, ref.timesteps), name
         assert sampler.config.timestep_spacing == ref.config.timestep_spacing
-        assert_same_trajectory(name, SD15_SCHEDULER_CONFIG, 4)
+        assert_same_trajectory(name, SD15_SCHEDULER_FILE, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -373,7 +359,7 @@ def test_schedule_command_prints_table_and_plots(tmp_path, capsys):
 
 
 def test_schedule_command_reads_a_config_and_reports_errors(tmp_path, capsys):
-    (tmp_path / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_CONFIG))
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER_FILE))
     assert main(["schedule", "--sampler", "ddim", "--steps", "3", "--config", str(tmp_path)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[0].isdigit()]
     assert [r[1] for r in rows] == ["667", "334", "1"]  # leading: 0, 333, 666 reversed, plus steps_offset 1
