@@ -68,14 +68,20 @@ def _broadcast(values, like):
 
 
 def x0_from_output(model_output, x_t, alpha_bar, prediction_type):
-    """Predicted clean sample x_0 from the network output, given ᾱ_t (a scalar or values broadcastable to x_t).
+    """Predicted clean sample x_0 from the network output, given ᾱ_t (a scalar or values broadcastable to x_t):
+    ``x0_from_scaled_output`` with α = sqrt(ᾱ), σ = sqrt(1 - ᾱ)."""
+    return x0_from_scaled_output(model_output, x_t, alpha_bar**0.5, (1 - alpha_bar) ** 0.5, prediction_type)
 
-    epsilon: x_0 = (x_t - sqrt(1-ᾱ) ε) / sqrt(ᾱ);   v_prediction: x_0 = sqrt(ᾱ) x_t - sqrt(1-ᾱ) v;   sample: x_0.
+
+def x0_from_scaled_output(model_output, x_t, alpha, sigma, prediction_type):
+    """Predicted x_0 for a latent x_t = α x_0 + σ ε, from the network output (α, σ scalars or broadcastable).
+
+    epsilon: x_0 = (x_t - σ ε) / α;   v_prediction: x_0 = α x_t - σ v (α² + σ² = 1);   sample: the output itself.
     """
     if prediction_type == "epsilon":
-        return (x_t - (1 - alpha_bar) ** 0.5 * model_output) / alpha_bar**0.5
+        return (x_t - sigma * model_output) / alpha
     if prediction_type == "v_prediction":
-        return alpha_bar**0.5 * x_t - (1 - alpha_bar) ** 0.5 * model_output
+        return alpha * x_t - sigma * model_output
     if prediction_type == "sample":
         return model_output
     raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")

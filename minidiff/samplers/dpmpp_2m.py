@@ -15,6 +15,7 @@ with ``euler_at_final``, or with ``lower_order_final`` and fewer than 15 steps (
 import numpy as np
 import torch
 
+from ..schedule import x0_from_scaled_output
 from .base import Sampler, karras_sigmas, sigma_to_t
 
 
@@ -87,12 +88,7 @@ class DPMPP2MSampler(Sampler):
             h = (torch.log(alpha_next) - torch.log(s_next)) - (torch.log(alpha) - torch.log(s))  # λ' - λ
 
             model_output = model_fn(x, t)
-            if self.config.prediction_type == "epsilon":
-                x0 = (x - s * model_output) / alpha
-            elif self.config.prediction_type == "v_prediction":
-                x0 = alpha * x - s * model_output
-            else:
-                x0 = model_output
+            x0 = x0_from_scaled_output(model_output, x, alpha, s, self.config.prediction_type)
             x = x.float()  # diffusers takes this step in float32 (see "Precision" in base.py)
 
             if x0_prev is None or self.first_order_at_end(self.begin_index + i):
