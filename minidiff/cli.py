@@ -28,7 +28,7 @@ COMMANDS = {
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m minidiff",
+        prog="minidiff" if sys.argv[0].endswith("/minidiff") else "python -m minidiff",  # the installed command
         description="minidiff: a small, readable Stable Diffusion that matches diffusers.",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
