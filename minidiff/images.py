@@ -18,10 +18,14 @@ from PIL import Image, UnidentifiedImageError
 
 
 def pil_to_tensor(image, mode="RGB"):
-    """PIL image -> float32 tensor (1, C, H, W) in [0, 1]: C = 3 for mode "RGB", 1 for mode "L" (grayscale)."""
+    """PIL image -> float32 tensor (1, C, H, W) in [0, 1]: C = 3 for mode "RGB", 1 for mode "L" (grayscale).
+
+    The tensor is a transposed view of the (H, W, C) pixel array, so it is laid out channels-last, as diffusers'
+    image processor leaves a PIL picture. The layout changes no value, but a convolution picks its kernel by it,
+    and kernels round differently: keeping diffusers' layout keeps the VAE's numbers equal to the last bit."""
     array = np.asarray(image.convert(mode), dtype=np.float32) / 255.0  # (H, W, 3) or (H, W)
-    tensor = torch.from_numpy(array.reshape(*array.shape[:2], -1))  # (H, W, C)
-    return tensor.permute(2, 0, 1).unsqueeze(0).contiguous()  # (1, C, H, W)
+    tensor = torch.from_numpy(array.reshape(1, *array.shape[:2], -1))  # (1, H, W, C)
+    return tensor.permute(0, 3, 1, 2)  # (1, C, H, W), channels-last
 
 
 def tensor_to_pil(images):

@@ -26,6 +26,7 @@ def test_pil_to_tensor_equals_diffusers_image_processor():
     picture = random_picture()
     expected = VaeImageProcessor(do_normalize=False).preprocess(picture)  # (1, 3, H, W) in [0, 1]
     assert torch.equal(pil_to_tensor(picture), expected)
+    assert pil_to_tensor(picture).stride() == expected.stride()  # the layout too: kernels round by it
 
 
 def test_tensor_to_pil_rounds_like_diffusers_and_round_trips_8_bit_pictures():

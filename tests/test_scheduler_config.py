@@ -13,7 +13,7 @@ import json
 import diffusers
 import pytest
 
-from minidiff.loading.components import scheduler_json
+from minidiff.loading.saving import scheduler_json
 from minidiff.samplers import SchedulerConfig
 from minidiff.tools.verify import SCHEDULERS
 

@@ -14,17 +14,13 @@ Two layouts exist on disk:
 A network's weights may also be split into shards with an index (``diffusion_pytorch_model-00001-of-00002.safetensors``,
 ..., ``diffusion_pytorch_model.safetensors.index.json``), as diffusers writes large networks.
 
-``load_components`` reads either into minidiff's networks; ``save_components`` writes a diffusers folder that
-``diffusers.StableDiffusionPipeline.from_pretrained`` loads, and ``save_single_file`` a single file. Every
+``load_components`` reads either into minidiff's networks (``saving.py`` writes them back). Every
 network is built on the ``meta`` device (shapes only, no memory) and then takes the file's tensors, after
 ``load_state_dict_strict`` has checked that every name and shape matches.
 """
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +29,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from minidiff.loading.pickle_file import PICKLE_SUFFIXES, read_pickle_checkpoint
-from minidiff.loading.safetensors_file import (INDEX_SUFFIX, read_safetensors, read_sharded_safetensors,
-                                               write_safetensors, write_sharded_safetensors)
-from minidiff.loading.single_file import infer_configs, join_original_checkpoint, split_original_checkpoint
+from minidiff.loading.safetensors_file import INDEX_SUFFIX, read_safetensors, read_sharded_safetensors
+from minidiff.loading.single_file import infer_configs, split_original_checkpoint
 from minidiff.loading.state_dict import CheckpointError, load_state_dict_strict
 from minidiff.models.clip import CLIPTextModel, clip_text_state_dict
 from minidiff.models.config import CLIPTextConfig, ControlNetConfig, UNetConfig, VAEConfig
@@ -52,7 +47,6 @@ NETWORKS = {
     "unet": (UNetConfig, UNet2DConditionModel, "diffusion_pytorch_model", ["diffusers", "UNet2DConditionModel"]),
     "controlnet": (ControlNetConfig, ControlNetModel, "diffusion_pytorch_model", ["diffusers", "ControlNetModel"]),
 }
-SCHEDULER_CLASS = "PNDMScheduler"  # what SD 1.5's model_index.json names; every diffusers scheduler reads its config
 # The pad token of each text tower's tokenizer (SD 2.x's OpenCLIP tokenizer pads with "!").
 PAD_TOKEN = {"sd1": EOS, "sd2": "!"}
 
@@ -224,80 +218,3 @@ def load_components(path, dtype=torch.float32, device="cpu", allow_pickle=False,
     if path.is_file():
         return load_single_file(path, dtype, device, allow_pickle, prediction_type)
     raise CheckpointError(f"{path}: no such file or folder; give a diffusers model folder or a checkpoint file.")
-
-
-def scheduler_json(scheduler_config):
-    """A scheduler_config.json dict for diffusers: minidiff's fields plus the class name and PNDM's SD setting.
-
-    A field the model's file did not set (``timestep_spacing`` in SD 1.5's) is left out, never written as null:
-    every diffusers scheduler class then applies its own default, as minidiff's samplers do."""
-    return {"_class_name": SCHEDULER_CLASS, "skip_prk_steps": True, **scheduler_config.to_dict()}
-
-
-def write_model_folder_configs(components, folder):
-    """Everything of a diffusers model folder but the weights: model_index.json, tokenizer/, scheduler/ and each
-    network's config.json, written into the existing ``folder``."""
-    index = {
-        "_class_name": "StableDiffusionControlNetPipeline" if components.controlnet else "StableDiffusionPipeline",
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", SCHEDULER_CLASS],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-    }
-    components.tokenizer.save_pretrained(folder / "tokenizer")
-    (folder / "scheduler").mkdir()
-    scheduler = scheduler_json(components.scheduler_config)
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
-    for name, (_, _, _, class_name) in NETWORKS.items():
-        model = getattr(components, name)
-        if model is not None:
-            index[name] = class_name
-            (folder / name).mkdir()
-            (folder / name / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-
-
-def save_components(components, folder, max_shard_bytes=None):
-    """Write ``components`` as a diffusers model folder (which must not exist yet), atomically.
-
-    Everything is written into a temporary sibling folder that is renamed at the end, so a failure leaves
-    nothing behind. Weights are saved in the networks' current dtype; with ``max_shard_bytes``, a network
-    larger than that is split into shards with an index, as diffusers reads them.
-    """
-    folder = Path(folder)
-    if folder.exists():
-        raise FileExistsError(f"{folder} already exists; choose a new folder name (minidiff never overwrites a model).")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
-        write_model_folder_configs(components, tmp)
-        for name, (_, _, stem, _) in NETWORKS.items():
-            model = getattr(components, name)
-            if model is not None:
-                write_sharded_safetensors(model.state_dict(), tmp / name, stem, max_shard_bytes or float("inf"),
-                                          metadata={"format": "pt"})
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def save_single_file(components, path):
-    """Write the U-Net, VAE and text encoder as one original-layout .safetensors file (A1111 / ComfyUI read it).
-
-    The text encoder's layout follows its activation: quick_gelu is OpenAI CLIP (SD 1.x), gelu OpenCLIP (SD 2.x).
-    A single file has no room for a ControlNet, a tokenizer or a scheduler config.
-    """
-    if components.controlnet is not None:
-        raise ValueError(
-            "a single file holds only the U-Net, VAE and text encoder; this model also has a ControlNet, which "
-            "would be lost: save it as a diffusers folder instead."
-        )
-    if not str(path).endswith(".safetensors"):
-        raise ValueError(f"{path}: minidiff writes single files only as .safetensors (never pickle).")
-    networks = {name: getattr(components, name) for name in ("unet", "vae", "text_encoder")}
-    configs = {name: model.config.to_dict() for name, model in networks.items()}
-    kind = "sd1" if networks["text_encoder"].config.hidden_act == "quick_gelu" else "sd2"
-    state_dict = join_original_checkpoint({n: m.state_dict() for n, m in networks.items()}, kind, configs)
-    write_safetensors(state_dict, path, metadata={"format": "pt"})

@@ -154,9 +154,9 @@ class PipelineBase:
     def encode_image(self, image, generator):
         """image (1, 3, H, W) in [0, 1] -> samples of q(z | x), scaled for the U-Net, in its dtype: (1, 4, H/8, W/8)
         from one generator; (n, 4, H/8, W/8) from a list of n, one sample from each (as diffusers' img2img draws)."""
-        # diffusers parity: its image processor hands the VAE a PIL picture laid out channels-last (a transposed
-        # (H, W, C) array); the convolutions then take other kernels, which round differently in float16
-        image = (image * 2 - 1).to(self.device, self.vae_dtype("encode"), memory_format=torch.channels_last)
+        # diffusers parity: the picture keeps its memory layout (channels-last for a PIL picture, see
+        # pil_to_tensor; a caller's tensor as it came), as in diffusers, for the VAE's kernels round by layout
+        image = (image * 2 - 1).to(self.device, self.vae_dtype("encode"))
         with self.vae.cast(image.dtype) as vae:
             posterior = vae.encode(image)
             if isinstance(generator, (list, tuple)):

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from minidiff.loading import load_components
-from minidiff.loading.components import scheduler_json, write_model_folder_configs
+from minidiff.loading.saving import scheduler_json, write_model_folder_configs
 from minidiff.samplers import KARRAS_SAMPLERS, SAMPLER_NAMES, SAMPLERS
 
 # (one network, a whole sampling run): tolerances on the max relative error, as measured (module docstring)

@@ -29,7 +29,8 @@ import torch
 
 from minidiff.data.captions import (BACKGROUND_PHRASES, COLORS, FRAMES, POSITION_PHRASES, RELATION_PHRASES, SHAPES,
                                     SIZE_WORDS)
-from minidiff.loading.components import Components, load_components, save_components
+from minidiff.loading.components import Components, load_components
+from minidiff.loading.saving import save_components
 from minidiff.loading.safetensors_file import write_safetensors
 from minidiff.models.config import CLIPTextConfig, UNetConfig, VAEConfig
 from minidiff.models.controlnet import ControlNetModel
