@@ -8,13 +8,13 @@ repainted and 0 where it is kept. Converting to 8-bit rounds to the nearest leve
 operating system), so an interrupted run never leaves half a PNG behind.
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from minidiff.atomic import atomic_file
 
 
 def pil_to_tensor(image, mode="RGB"):
@@ -95,7 +95,7 @@ def load_mask(path, size=None):
     return load_image(path, mode="L", size=size)
 
 
-def save_png(image, path):
+def save_png(image, path, pnginfo=None):
     """Write a PIL image to ``path`` as PNG, atomically: a temporary file in the same folder, then a rename.
 
     Missing folders are created. If anything fails (or Ctrl-C arrives) before the rename, no file appears at
@@ -103,12 +103,6 @@ def save_png(image, path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        image.save(f, format="PNG", pnginfo=pnginfo)  # pnginfo: text chunks (PIL's PngInfo)
     return path

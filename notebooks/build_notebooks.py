@@ -2,14 +2,19 @@
 
     python notebooks/build_notebooks.py              write every .ipynb from its source, without outputs
     python notebooks/build_notebooks.py --check      exit 1 if a .ipynb is not what its source gives
-    python notebooks/build_notebooks.py --execute    build, then run each notebook top to bottom; this writes the
-                                                     lesson figures into lessons/figures/ (outputs are not stored)
+    python notebooks/build_notebooks.py --execute    build, then run each notebook top to bottom; its figures go to
+                                                     outputs/figures/ (git-ignored; outputs are not stored)
     python notebooks/build_notebooks.py --execute 02 only the notebooks whose names start with 02
+    MINIDIFF_FIGURES=lessons/figures python notebooks/build_notebooks.py --execute
+                                                     rebuild the committed lesson figures (lesson authors)
 
 Edit the sources, not the .ipynb files: a source is a plain Python file in the "percent" format that Jupytext
 and VS Code also read. A line ``# %%`` starts a code cell; ``# %% [markdown]`` starts a markdown cell whose
 lines are comments (the leading ``# `` is removed). Every notebook begins with the SETUP cell below, which makes
-the repository importable and defines ``savefig`` for the lesson figures.
+the repository importable and defines ``savefig`` for the lesson figures. A notebook run by a student, in
+jupyter or here, writes its figures to outputs/figures/, so the committed ones in lessons/figures/ stay as they
+are (and a ``git pull`` never conflicts with them); MINIDIFF_FIGURES, a folder relative to the repository root
+(or absolute), sends them elsewhere.
 
 tests/test_notebooks.py runs every notebook with ``execute`` and checks that the .ipynb files match their sources.
 """
@@ -36,7 +41,8 @@ from pathlib import Path
 
 ROOT = next(p for p in (Path.cwd().resolve(), *Path.cwd().resolve().parents) if (p / "minidiff").is_dir())
 sys.path.insert(0, str(ROOT))
-FIGURES = Path(os.environ.get("MINIDIFF_FIGURES", ROOT / "lessons" / "figures"))
+# Figures go to outputs/figures/ (not in git); MINIDIFF_FIGURES=lessons/figures rebuilds the committed ones.
+FIGURES = ROOT / os.environ.get("MINIDIFF_FIGURES", "outputs/figures")
 FIGURES.mkdir(parents=True, exist_ok=True)
 
 
@@ -121,8 +127,9 @@ def kernel_manager(folder):
 def execute(path, figures=None, timeout=300):
     """Run the notebook at ``path`` top to bottom in a fresh kernel, its working folder notebooks/.
 
-    figures: where its figures go (default lessons/figures/). Returns the executed notebook (the file is not
-    changed). A failing cell raises nbclient's CellExecutionError, which shows the cell and its traceback.
+    figures: where its figures go (default: $MINIDIFF_FIGURES, else outputs/figures/). Returns the executed
+    notebook (the file is not changed). A failing cell raises nbclient's CellExecutionError, which shows the cell
+    and its traceback.
     """
     from nbclient import NotebookClient
 
@@ -140,7 +147,8 @@ def execute(path, figures=None, timeout=300):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Build (and optionally run) the lesson notebooks from notebooks/src/.")
     parser.add_argument("--check", action="store_true", help="only check that every .ipynb matches its source")
-    parser.add_argument("--execute", action="store_true", help="run the notebooks, writing lessons/figures/")
+    parser.add_argument("--execute", action="store_true",
+                        help="run the notebooks, writing their figures to outputs/figures/ (or $MINIDIFF_FIGURES)")
     parser.add_argument("only", nargs="*", help="name prefixes of the notebooks to run with --execute (e.g. 02)")
     args = parser.parse_args(argv)
 

@@ -114,7 +114,7 @@ def test_input_pictures_are_resized_when_asked(model, picture, tmp_path, capsys)
     (["generate", "x", "--sampler", "euler", "--eta", 0.5], "eta applies only to the ddim sampler"),
     (["generate", "x", "--num", 0], "--num must be at least 1"),
     (["generate", "x", "--out", "picture.jpg"], "--out must name a .png file"),
-    (["img2img", "x", "--image", "no/such.png"], "no image file at no/such.png"),
+    (["img2img", "x", "--image", "no/such.png"], "/no/such.png; check the path"),
     (["control", "x", "--image", "IMAGE", "--model", "INPAINT"], "this model has no ControlNet"),
 ])
 def test_bad_inputs_give_one_error_line_exit_1_and_no_file(argv, message, model, inpaint_model, picture, tmp_path,

@@ -1,6 +1,7 @@
 """Loading and saving whole models: diffusers folders (read from and written for diffusers), single files, the
 ``convert`` command, and the errors for missing, malformed or mismatched files."""
 
+import dataclasses
 import json
 import shutil
 import threading
@@ -14,11 +15,13 @@ import tiny_pipeline
 from test_scheduler_config import SD15_SCHEDULER_FILE
 from minidiff import cli
 from minidiff.loading import CheckpointError, load_components, save_components, save_single_file
+from minidiff.loading import components as components_module
 from minidiff.loading.components import Components, skip_random_init
-from minidiff.loading.safetensors_file import read_safetensors
+from minidiff.loading.safetensors_file import read_safetensors, write_safetensors
+from minidiff.loading.single_file import join_original_checkpoint
 from minidiff.models.clip import CLIPTextModel, clip_text_state_dict
 from minidiff.models.config import CLIPTextConfig, UNetConfig, VAEConfig
-from minidiff.models.tokenizer import EOS, CLIPTokenizer, find_openclip_vocab, load_openclip_bpe
+from minidiff.models.tokenizer import EOS, CLIPTokenizer, find_openclip_vocab, load_openclip_bpe, reduced_vocabulary
 from minidiff.models.unet import UNet2DConditionModel
 from minidiff.models.vae import AutoencoderKL
 from minidiff.samplers import SchedulerConfig
@@ -246,8 +249,8 @@ def test_single_file_round_trip(kind, tmp_path):
 
 
 def test_single_file_refusals(folder, tmp_path):
-    components = load_components(folder)  # has a ControlNet and a reduced vocabulary
-    with pytest.raises(ValueError, match="ControlNet, which would be lost"):
+    components = load_components(folder)  # has a ControlNet
+    with pytest.raises(ValueError, match="ControlNet, which would be lost.*convert --without-controlnet"):
         save_single_file(components, tmp_path / "x.safetensors")
     components.controlnet = None
     with pytest.raises(ValueError, match="only as .safetensors"):
@@ -258,11 +261,41 @@ def test_single_file_refusals(folder, tmp_path):
     with pytest.raises(CheckpointError, match=r"x.safetensors: the VAE's block widths \[8, 16, 16, 16\] are not"):
         load_components(tmp_path / "x.safetensors")  # single files carry no config: SD's 32 norm groups are assumed
 
+
+
+def small_vocabulary_model():
+    """A single-file-shaped model whose tokenizer and text encoder have a reduced vocabulary, as the bundled
+    model's do (683 tokens there)."""
     model = single_file_model("sd1")
-    model.text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=1,
-                                                      num_attention_heads=1, intermediate_size=96))
-    save_single_file(model, tmp_path / "y.safetensors")
-    with pytest.raises(CheckpointError, match="y.safetensors: the text encoder has 1000 token embeddings but CLIP"):
+    model.tokenizer = CLIPTokenizer(*reduced_vocabulary(*load_openclip_bpe(find_openclip_vocab()), ["a red circle"]))
+    model.text_encoder = CLIPTextModel(dataclasses.replace(model.text_encoder.config,
+                                                           vocab_size=len(model.tokenizer.vocab)))
+    return model
+
+
+def test_a_model_without_clips_vocabulary_is_refused_as_a_single_file_before_anything_is_written(tmp_path):
+    model = small_vocabulary_model()
+    n = len(model.tokenizer.vocab)
+    with pytest.raises(ValueError, match=f"text encoder has {n} token embeddings and the tokenizer {n} tokens.*"
+                                         "read back with CLIP's, of 49408 tokens.*keep this model as a diffusers"):
+        save_single_file(model, tmp_path / "y.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_a_single_file_without_clips_vocabulary_says_so_before_asking_for_open_clip(tmp_path, monkeypatch):
+    model = small_vocabulary_model()  # written by some other tool: minidiff itself refuses to
+    networks = {name: getattr(model, name) for name in ("unet", "vae", "text_encoder")}
+    configs = {name: network.config.to_dict() for name, network in networks.items()}
+    write_safetensors(join_original_checkpoint({n: m.state_dict() for n, m in networks.items()}, "sd1", configs),
+                      tmp_path / "y.safetensors")
+
+    def open_clip_missing():
+        raise FileNotFoundError("CLIP's vocabulary file was not found: install open_clip")
+
+    monkeypatch.setattr(components_module, "find_openclip_vocab", open_clip_missing)
+    n = len(model.tokenizer.vocab)
+    with pytest.raises(CheckpointError, match=f"y.safetensors: the text encoder has {n} token embeddings, not the "
+                                              "49408 of CLIP's vocabulary.*whatever is installed"):
         load_components(tmp_path / "y.safetensors")
 
 
@@ -301,6 +334,28 @@ def test_convert_command(tmp_path, monkeypatch, capsys):
 
     code, out = convert(tmp_path / "folder", tmp_path / "half", monkeypatch=monkeypatch, capsys=capsys)
     assert code == 1 and "already exists" in out.err
+
+
+def test_convert_without_controlnet_writes_the_rest_as_a_single_file_or_folder(folder, reference, tmp_path,
+                                                                              monkeypatch, capsys):
+    code, out = convert(folder, tmp_path / "x.safetensors", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1 and "--without-controlnet" in out.err and not (tmp_path / "x.safetensors").exists()
+    code, _ = convert(folder, tmp_path / "x.safetensors", "--without-controlnet", monkeypatch=monkeypatch,
+                      capsys=capsys)
+    loaded = load_components(tmp_path / "x.safetensors")
+    assert code == 0 and loaded.controlnet is None
+    assert_same_weights(loaded, {name: reference[name] for name in ("text_encoder", "vae", "unet")})
+    code, _ = convert(folder, tmp_path / "x", "--without-controlnet", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0 and (tmp_path / "x" / "unet").is_dir() and not (tmp_path / "x" / "controlnet").exists()
+
+
+def test_convert_refuses_a_small_vocabulary_model_as_a_single_file_in_one_line(tmp_path, monkeypatch, capsys):
+    save_components(small_vocabulary_model(), tmp_path / "folder")
+    code, out = convert(tmp_path / "folder", tmp_path / "y.safetensors", "--without-controlnet",
+                        monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1 and out.err.startswith("error: ") and out.err.count("error") == 1
+    assert "read back with CLIP's" in out.err.splitlines()[0] and "keep this model as a diffusers folder" in out.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
 
 
 def test_convert_keeps_a_missing_timestep_spacing_missing_so_every_diffusers_scheduler_samples(folder, tmp_path,

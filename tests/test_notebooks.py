@@ -1,13 +1,15 @@
 """The lesson notebooks: each runs top to bottom, matches its source, and makes the figures its lesson shows.
 
 Every notebooks/NN-*.ipynb is executed in a fresh kernel of this interpreter (cwd notebooks/, figures written to a
-temporary folder instead of lessons/figures/), and the executed copy is saved under pytest's tmp_path. A failing
+temporary folder; by default a notebook writes them to the git-ignored outputs/figures/, never to the committed
+lessons/figures/ unless MINIDIFF_FIGURES asks it to), and the executed copy is saved under pytest's tmp_path. A failing
 cell fails the test with that cell's source and traceback. The time of each notebook is printed; each should
 take about a minute on a 2-core CPU (3 minutes at most).
 """
 
 import importlib.util
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +48,23 @@ def test_notebook_matches_its_source_and_stores_no_outputs(notebook):
         )
     built = nbformat.writes(build_notebooks.build(build_notebooks.SOURCES / f"{notebook.stem}.py")) + "\n"
     assert notebook.read_text() == built, f"{notebook.name} differs from its source; run notebooks/build_notebooks.py"
+
+
+@pytest.mark.parametrize("setting, folder", [(None, "outputs/figures"), ("lessons/figures", "lessons/figures")])
+def test_a_notebook_writes_its_figures_to_outputs_unless_asked_to_rebuild_the_lessons(setting, folder, tmp_path,
+                                                                                      monkeypatch):
+    if setting is None:
+        monkeypatch.delenv("MINIDIFF_FIGURES", raising=False)
+    else:
+        monkeypatch.setenv("MINIDIFF_FIGURES", setting)
+    checkout = tmp_path / "checkout"  # a stand-in repository: the setup cell finds it by its minidiff/ folder
+    (checkout / "minidiff").mkdir(parents=True)
+    (checkout / "notebooks").mkdir()
+    monkeypatch.chdir(checkout / "notebooks")  # where jupyter and the tests run a notebook
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the setup cell adds the checkout to it
+    setup = {}
+    exec(build_notebooks.SETUP, setup)
+    assert setup["FIGURES"] == checkout / folder and setup["FIGURES"].is_dir()  # outputs/ is git-ignored
 
 
 def test_parse_cells_reads_the_percent_format():

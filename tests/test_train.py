@@ -277,6 +277,28 @@ def test_import_of_the_bundled_folder_resumes_at_its_steps_and_exports_it_unchan
     assert json.loads((tmp_path / "again" / "training.json").read_text())["steps"] == steps
 
 
+def test_a_stage_without_the_stages_it_builds_on_names_the_commands_that_make_them(tmp_path, capsys):
+    from minidiff import cli
+
+    out = tmp_path / "run"
+    code = cli.main(["train", "unet", "--out", str(out), "--device", "cpu"])  # the README's example, on nothing
+    line = capsys.readouterr().err.splitlines()[0]
+    assert code == 1 and line.startswith("error: 'unet' builds on the checkpoints of vae and clip, which are not in")
+    assert f"(python -m minidiff train vae --out {out}, then clip)" in line
+    assert f"(python -m minidiff train import --out {out})" in line
+    assert not out.exists()  # refused before anything ran
+
+    out.mkdir()
+    for name in ("vae.pt", "vae.json", "clip.pt"):  # only their presence is checked before a stage starts
+        (out / name).touch()
+    with pytest.raises(FileNotFoundError, match=r"'controlnet' builds on the checkpoints of unet, .*train it first "
+                                                r"\(python -m minidiff train unet --out"):
+        bundled.run_stage("controlnet", str(out), device="cpu")
+    (out / "vae.json").unlink()
+    with pytest.raises(FileNotFoundError, match="'vae' --decoder-only builds on the checkpoints of vae, which"):
+        bundled.run_stage("vae", str(out), device="cpu", train_encoder=False)
+
+
 def test_learning_rate_warms_up_holds_and_cools_down_to_zero():
     config = TrainConfig(steps=100, lr=1.0, warmup_steps=10, cooldown_steps=40)
     rates = [learning_rate(config, step) for step in range(100)]

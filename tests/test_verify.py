@@ -4,7 +4,8 @@ The tiny random model (tests/tiny_pipeline.py) is checked as a diffusers folder,
 single checkpoint file (which diffusers converts with its own ``from_single_file``), and with the scheduler files
 real checkpoints ship: SD 1.5's and SD 2.1's (no timestep_spacing) and a zero-terminal-SNR one written by diffusers,
 where Heun and LMS cannot apply and are skipped. A wrong weight on minidiff's side must make the U-Net row and every
-sampler row fail, and the command exit 1.
+sampler row fail, and the command exit 1. The reference libraries' progress bars and log messages never reach the
+user: the table is all the command prints.
 """
 
 import json
@@ -13,6 +14,7 @@ import shutil
 import diffusers
 import pytest
 import torch
+import transformers
 from test_scheduler_config import SD15_SCHEDULER_FILE, SD21_SCHEDULER_FILE
 from tiny_pipeline import tiny_model
 
@@ -58,9 +60,39 @@ def write_json(folder, config):
     (folder / "scheduler_config.json").write_text(json.dumps(config))
 
 
-def test_verify_passes_on_a_diffusers_folder_with_every_sampler_and_the_controlnet(capsys):
-    code = cli.main(["verify", str(tiny_model().path), "--steps", "2"])
-    out = capsys.readouterr().out
+# what diffusers and transformers print while loading and saving, at their default settings
+REFERENCE_NOISE = ("Loading weights", "Loading pipeline components", "Writing model shards", "it/s]",
+                   "[transformers]", "should be kept in float32")
+
+
+@pytest.fixture
+def loud_reference_libraries():
+    """diffusers and transformers at their default settings (tests/conftest.py quiets their logs): warnings shown,
+    progress bars on; their settings restored afterwards."""
+    libraries = (diffusers.utils.logging, transformers.utils.logging)
+    saved = [(library.get_verbosity(), library.is_progress_bar_enabled()) for library in libraries]
+    for library in libraries:
+        library.set_verbosity_warning()
+        library.enable_progress_bar()
+    yield
+    for library, (verbosity, bars) in zip(libraries, saved):
+        library.set_verbosity(verbosity)
+        if not bars:
+            library.disable_progress_bar()
+
+
+def assert_only_the_report(out, err):
+    assert err == "" and not [noise for noise in REFERENCE_NOISE if noise in out], (out, err)
+    assert transformers.utils.logging.is_progress_bar_enabled()  # the libraries' settings are given back
+    assert diffusers.utils.logging.get_verbosity() == diffusers.utils.logging.WARNING
+
+
+def test_verify_passes_on_a_diffusers_folder_with_every_sampler_and_the_controlnet(loud_reference_libraries, capfd):
+    path = str(tiny_model().path)
+    capfd.readouterr()  # what building the tiny model printed
+    code = cli.main(["verify", path, "--steps", "2"])
+    out, err = capfd.readouterr()
+    assert_only_the_report(out, err)
     table = rows(out)
     assert code == 0 and "all 17 checks passed" in out
     expected = ["tokenizer (ids)", "text encoder", "unet", "vae encode", "vae decode", "controlnet", *SAMPLER_ROWS]
@@ -73,12 +105,14 @@ def test_verify_runs_inpainting_for_a_9_channel_unet(capsys):
     assert code == 0 and "all 16 checks passed" in capsys.readouterr().out
 
 
-def test_verify_passes_on_a_single_file(tmp_path, capsys):
+def test_verify_passes_on_a_single_file(loud_reference_libraries, tmp_path, capfd):
     components = load_components(tiny_model().path)
     components.controlnet = None  # a single file has no room for it
     save_single_file(components, tmp_path / "tiny.safetensors")
+    capfd.readouterr()
     code = cli.main(["verify", str(tmp_path / "tiny.safetensors"), "--steps", "2"])
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
+    assert_only_the_report(out, err)
     assert code == 0 and "all 16 checks passed" in out
 
 

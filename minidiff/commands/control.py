@@ -8,6 +8,8 @@
 The edge map is white lines on black, as ControlNet's canny models were trained with.
 """
 
+from pathlib import Path
+
 from minidiff.commands import pipeline_options as options
 
 HELP = "draw along the edges of a picture (ControlNet)"
@@ -32,12 +34,18 @@ def run(args):
     from PIL import Image
 
     from minidiff.canny import canny
-    from minidiff.images import load_image, save_png
+    from minidiff.images import save_png
 
-    path = args.image or args.control
-    picture = load_image(path, size=options.input_size(args, path))
+    with options.one_line_warnings():
+        picture = options.input_picture(args, args.image or args.control)
     edges = picture.convert("L") if args.control else Image.fromarray(
         canny(np.array(picture), args.canny_low, args.canny_high))
+    if not np.asarray(edges).any() and args.control:
+        raise ValueError(f"the edge map {Path(args.control).resolve()} is all black: give white edges on black, or "
+                         f"a picture with --image to take its edges")
+    if not np.asarray(edges).any():
+        raise ValueError(f"Canny found no edges in {Path(args.image).resolve()} with --canny-low {args.canny_low:g} "
+                         f"and --canny-high {args.canny_high:g}: lower them, or give a picture with visible outlines")
     if args.edges_out:
         save_png(edges, args.edges_out)
         print(f"wrote {args.edges_out}")

@@ -5,6 +5,10 @@
     python -m minidiff convert sd15/ sd15-fp16/ --dtype float16                      # halve the size
     python -m minidiff convert old.ckpt old/ --allow-pickle                          # pickle in, safetensors out
     python -m minidiff convert v2-1_768-ema-pruned.safetensors sd21/ --prediction-type v_prediction
+    python -m minidiff convert sd15-canny/ sd15.safetensors --without-controlnet     # a single file holds none
+
+A single file holds no tokenizer either: it is read back with CLIP's, so a model with another vocabulary (the
+bundled one's) stays a folder, and convert refuses before writing anything.
 
 Every tensor passes the same strict checks as when a pipeline loads it, and minidiff writes only safetensors,
 so converting a trusted pickle once lets every later run avoid pickle.
@@ -32,6 +36,8 @@ def add_arguments(parser):
         help="what the U-Net predicts; required for SD 2.x single files (768 px models: v_prediction)",
     )
     parser.add_argument("--variant", default=None, help="read *.VARIANT.safetensors weights of a folder, e.g. fp16")
+    parser.add_argument("--without-controlnet", action="store_true",
+                        help="leave the model's ControlNet out of DST (a single file has no room for one)")
 
 
 def run(args):
@@ -49,6 +55,8 @@ def run(args):
         args.src, dtype=getattr(torch, args.dtype), allow_pickle=args.allow_pickle, variant=args.variant,
         prediction_type=args.prediction_type,
     )
+    if args.without_controlnet:
+        components.controlnet = None
     if to == "single":
         save_single_file(components, dst)
     else:

@@ -15,17 +15,25 @@ HELP = "score generated pictures against their prompts (colour, shape, relation,
 
 def add_arguments(parser):
     parser.add_argument("--model", default=None, help="a diffusers model folder (default: the bundled weights/)")
-    parser.add_argument("--samples", type=int, default=200, help="how many prompts (half single objects, half pairs)")
+    parser.add_argument("--samples", type=int, default=200,
+                        help="how many prompts, half single objects, half pairs (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts and of sample 0 (sample i: seed + i)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=BUNDLED_DEFAULTS["sampler"], help="the sampler")
-    parser.add_argument("--steps", type=int, default=BUNDLED_DEFAULTS["steps"], help="sampler steps")
-    parser.add_argument("--cfg", type=float, default=BUNDLED_DEFAULTS["cfg"], help="classifier-free guidance scale")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=BUNDLED_DEFAULTS["sampler"],
+                        help="the sampler (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=BUNDLED_DEFAULTS["steps"],
+                        help="sampler steps (default: %(default)s)")
+    parser.add_argument("--cfg", type=float, default=BUNDLED_DEFAULTS["cfg"],
+                        help="classifier-free guidance scale (default: %(default)s)")
     parser.add_argument("--control", type=int, default=0, help="also score the ControlNet on this many scenes")
     parser.add_argument("--reconstruct", type=int, default=0, metavar="N",
                         help="also score N rendered scenes after a VAE round trip: what the decoder allows")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--json", default=None, help="write the full report here (default: outputs/evaluate.json)")
-    parser.add_argument("--grid", default=None, help="also save the first 32 pictures as one PNG here")
+    parser.add_argument("--json", default=None,
+                        help="write the full report here, every prompt with what was detected and whether it passed "
+                             "(default: outputs/evaluate.json)")
+    parser.add_argument("--grid", default=None,
+                        help="also save the first 32 pictures as one PNG here, each captioned with its prompt and "
+                             "pass or FAIL")
 
 
 def run(args):
@@ -35,7 +43,7 @@ def run(args):
     import torch
 
     from minidiff.commands.pipeline_options import bundled_model
-    from minidiff.tools.evaluate import evaluate, format_table
+    from minidiff.tools.evaluate import captioned_grid, evaluate, format_table
 
     if args.samples < 1:
         raise ValueError(f"--samples must be at least 1, got {args.samples}")
@@ -51,11 +59,6 @@ def run(args):
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}")
     if args.grid:
-        from PIL import Image
-
-        rows = [torch.cat(list(images[i : i + 8]), dim=2) for i in range(0, min(32, len(images)), 8)]
-        rows = [r for r in rows if r.shape[2] == rows[0].shape[2]]
-        grid = (torch.cat(rows, dim=1).permute(1, 2, 0) * 255).round().clamp(0, 255).byte().numpy()
-        Image.fromarray(grid).save(args.grid)
+        captioned_grid(images[:32], report["prompts"][:32]).save(args.grid)
         print(f"wrote {args.grid}")
     return 0

@@ -15,5 +15,7 @@ def add_arguments(parser):
 
 
 def run(args):
+    with options.one_line_warnings():
+        width, height = options.output_size(args)
     return options.run_task(args, "generate", lambda sd: sd.text_to_image(
-        args.prompt, width=args.width, height=args.height, **options.sampling_options(args)))
+        args.prompt, width=width, height=height, **options.sampling_options(args)))

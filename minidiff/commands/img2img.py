@@ -19,8 +19,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from minidiff.images import load_image
-
-    image = load_image(args.image, size=options.input_size(args, args.image))
+    with options.one_line_warnings():
+        image = options.input_picture(args, args.image)
     return options.run_task(args, "img2img", lambda sd: sd.image_to_image(
         args.prompt, image, strength=args.strength, **options.sampling_options(args)))

@@ -1,5 +1,5 @@
 """The options the image commands (generate, img2img, inpaint, outpaint, control) share, and their plumbing:
-loading the model, reading input pictures, and saving the results.
+loading the model, reading input pictures, and running the task once per picture (``outputs`` saves them).
 
 Not a subcommand itself. Every result is written only after sampling has finished, each PNG atomically
 (``minidiff.images.save_png``), so Ctrl-C or an error never leaves a partial file behind.
@@ -7,10 +7,13 @@ Not a subcommand itself. Every result is written only after sampling has finishe
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+
+from minidiff.commands import model_settings
 
 SAMPLERS = ("ddpm", "ddim", "euler", "euler_a", "heun", "lms", "dpmpp_2m")  # minidiff.samplers.SAMPLER_NAMES
 DTYPES = ("float32", "float16", "bfloat16")
@@ -19,17 +22,18 @@ DTYPES = ("float32", "float16", "bfloat16")
 # `pip install .` copies only the package, so there it takes --model or MINIDIFF_WEIGHTS (see bundled_model).
 WEIGHTS_VARIABLE = "MINIDIFF_WEIGHTS"
 BUNDLED_MODEL = Path(os.environ.get(WEIGHTS_VARIABLE) or Path(__file__).resolve().parents[2] / "weights")
-# Sampling defaults when an option is not given. The bundled model's were chosen by measuring prompt adherence
-# with `python -m minidiff evaluate` (weights/README.md has the numbers); other checkpoints get the settings
-# Stable Diffusion is usually run with.
+# Sampling defaults when an option is not given come from the model folder's minidiff_settings.json
+# (commands/model_settings.py). The bundled model's (weights/minidiff_settings.json) were chosen by measuring prompt
+# adherence with `python -m minidiff evaluate`, whose defaults these are (weights/README.md has the numbers).
 BUNDLED_DEFAULTS = dict(sampler="euler_a", steps=20, cfg=5.0)
-CHECKPOINT_DEFAULTS = dict(sampler="euler", steps=25, cfg=7.5)
+DEVICES = "cpu, cuda, cuda:N (the N-th GPU) or mps"
 
 
 def add_model_arguments(parser):
     parser.add_argument("--model", default=None,
                         help="a diffusers model folder or a single checkpoint file (default: the bundled weights/)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", type=device_name, default=None,
+                        help="cpu or cuda (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the networks' weights")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read a pickle checkpoint (.ckpt/.pt/.bin): only for files you trust")
@@ -40,30 +44,61 @@ def add_arguments(parser, size=True):
     parser.add_argument("prompt", help="what to draw (quote it); an empty string draws unconditionally")
     parser.add_argument("--negative", default=None, help="what to steer away from (default: nothing)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="number of sampler steps (default: 20 for the bundled model, else 25)")
+                        help="number of sampler steps (default: the model's settings file, else 25)")
     parser.add_argument("--sampler", choices=SAMPLERS, default=None,
-                        help="the sampler (default: euler_a for the bundled model, else euler)")
+                        help="the sampler (default: the model's settings file, else euler); some need more steps "
+                             "than others: a model's settings file lists the fewest each needs with it (min_steps)")
     parser.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
                         help="Karras noise levels on or off (euler, heun, lms, dpmpp_2m; default: the model's "
                              "use_karras_sigmas, as in diffusers)")
     parser.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic, 1 as noisy as ddpm")
-    parser.add_argument("--cfg", type=float, default=None,
-                        help="classifier-free guidance scale, 1 = off (default: 5 for the bundled model, else 7.5)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
-    parser.add_argument("--num", type=int, default=1, help="how many images to make")
+    parser.add_argument("--cfg", type=guidance_scale, default=None,
+                        help="classifier-free guidance scale, 1 = off (default: the model's settings file, else 7.5)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the first picture's seed; picture k gets SEED + k (default, or -1: a new one, printed)")
+    parser.add_argument("--num", type=int, default=1,
+                        help="how many pictures to make, one seed each: --seed SEED+k --num 1 remakes picture k")
+    parser.add_argument("--grid", action="store_true",
+                        help="also write a contact sheet of the pictures beside them (OUT-grid.png)")
     parser.add_argument("--clip-skip", type=int, default=None,
                         help="condition on the CLIP layer this many before the last")
     if size:
-        parser.add_argument("--width", type=int, default=None, help="width in pixels, a multiple of 8")
-        parser.add_argument("--height", type=int, default=None, help="height in pixels, a multiple of 8")
+        for side in ("width", "height"):
+            parser.add_argument(f"--{side}", type=pixels, default=None,
+                                help=f"{side} in pixels, a multiple of 8 (default: the model's native size from its "
+                                     f"settings file, else its U-Net's sample size x 8; 128 for the bundled model)")
     parser.add_argument("--out", default=None,
-                        help="output PNG (with --num N: OUT-0.png ... OUT-(N-1).png); default outputs/COMMAND-SEED.png")
+                        help="output PNG (with --num N: OUT-0.png ... OUT-(N-1).png); default outputs/COMMAND-SEED.png "
+                             "for each picture's seed")
     add_model_arguments(parser)
 
 
 def add_input_size_arguments(parser):
-    parser.add_argument("--width", type=int, default=None, help="resize the input picture(s) to this width first")
-    parser.add_argument("--height", type=int, default=None, help="resize the input picture(s) to this height first")
+    for side in ("width", "height"):
+        parser.add_argument(f"--{side}", type=pixels, default=None,
+                            help=f"resize the input picture(s) to this {side} first (default: keep their size; "
+                                 f"either option alone keeps the aspect ratio)")
+
+
+def pixels(text):
+    """argparse type of --width/--height: a positive number of pixels."""
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text}")
+    return int(text)
+
+
+def guidance_scale(text):
+    """argparse type of --cfg: a number of at least 0."""
+    if float(text) < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 (1 turns guidance off), got {text}")
+    return float(text)
+
+
+def device_name(text):
+    """argparse type of --device, checked before torch is imported: cpu, cuda, cuda:N or mps."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", text):
+        raise argparse.ArgumentTypeError(f"must be {DEVICES}, got {text!r}")
+    return text
 
 
 def input_size(args, image_path):
@@ -72,20 +107,107 @@ def input_size(args, image_path):
         return None
     from minidiff.images import load_image
 
-    width, height = load_image(image_path).size
+    return resized_size(args, *load_image(image_path).size)
+
+
+def resized_size(args, width, height):
+    """(width, height) of a width x height picture after --width/--height (either alone keeps the aspect)."""
+    if args.width is None and args.height is None:
+        return width, height
     return args.width or round(width * args.height / height), args.height or round(height * args.width / width)
 
 
+def input_picture(args, path):
+    """The picture at ``path`` (RGB PIL), resized as --width/--height ask, which is the size the run draws at.
+
+    Warns when that shrinks it a lot, or when it is not the model's native size; raises a ValueError unless its
+    sides are multiples of 8, naming the --width/--height that would make them so.
+    """
+    from PIL import Image
+
+    from minidiff.images import load_image
+
+    path = Path(path).resolve()
+    picture = load_image(path)
+    size = resized_size(args, *picture.size)
+    if size != picture.size:
+        if picture.width >= 2 * size[0] or picture.height >= 2 * size[1]:
+            warnings.warn(f"the input picture {path} is {picture.width}x{picture.height} px, much larger than the "
+                          f"output: it will be resized to {size[0]}x{size[1]} px first")
+        picture = picture.resize(size, resample=Image.Resampling.LANCZOS)
+    if size[0] % 8 or size[1] % 8:
+        fit = [max(8, round(side / 8) * 8) for side in size]
+        raise ValueError(f"the input picture {path} is {size[0]}x{size[1]} px"
+                         f"{' after resizing' if args.width or args.height else ''}, but its width and height must "
+                         f"be multiples of 8: pass --width {fit[0]} --height {fit[1]} to resize it")
+    native = settings(args)
+    model_settings.warn_about_size(native, *size, f"pass --width {native.width} --height {native.height} (resizing "
+                                                  f"the input picture)")
+    return picture
+
+
+def output_size(args):
+    """generate's (width, height): --width/--height, else the model's native size (None: the pipeline's default,
+    its U-Net's sample size); warns when it is not the native size, so call it once a run."""
+    native = settings(args)
+    width, height = args.width or native.width, args.height or native.height
+    if width is not None and height is not None:
+        model_settings.warn_about_size(native, width, height)
+    return width, height
+
+
+def model_path(args):
+    """The --model path, resolved (so that errors name it in full), else the bundled model's folder."""
+    return Path(args.model).resolve() if args.model else bundled_model()
+
+
+def settings(args):
+    """The model's ModelSettings: its folder's minidiff_settings.json, else Stable Diffusion's usual settings."""
+    return model_settings.read_settings(model_path(args))
+
+
+def chosen(args):
+    """(sampler, steps, cfg): the options given, else the model's settings."""
+    defaults = settings(args)
+    return tuple(getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
+                 for k in ("sampler", "steps", "cfg"))
+
+
 def load_pipeline(args):
-    """The StableDiffusion pipeline for --model (default: the bundled model in weights/)."""
+    """The StableDiffusion pipeline for --model (default: the bundled model in weights/), on a device that is
+    there. Before loading it, warns about steps below the model's ``min_steps`` and about a prompt outside its
+    vocabulary; raises a ValueError when the steps asked for exceed the model's training timesteps."""
     import torch
 
     from minidiff.pipelines import StableDiffusion
 
-    model = Path(args.model) if args.model else bundled_model()
+    sampler, steps, _ = chosen(args)  # reads the model's settings file: a wrong one fails before the long load
+    model_settings.warn_about_steps(settings(args), sampler, steps)
+    model_settings.warn_about_prompt(settings(args), args.prompt)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return StableDiffusion.from_pretrained(model, dtype=getattr(torch, args.dtype), device=device,
-                                           allow_pickle=args.allow_pickle)
+    check_device(device)
+    sd = StableDiffusion.from_pretrained(model_path(args), dtype=getattr(torch, args.dtype), device=device,
+                                         allow_pickle=args.allow_pickle)
+    trained = sd.scheduler_config.num_train_timesteps
+    if steps > trained:
+        raise ValueError(f"--steps {steps} is more than the {trained} timesteps this model was trained with; "
+                         f"pass --steps {trained} or fewer")
+    return sd
+
+
+def check_device(device):
+    """Raise a one-line error when ``device`` (cpu, cuda, cuda:N, mps) is not on this machine."""
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device here; use --device cpu")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"there is no {device} here: this machine has {count} CUDA device(s), cuda:0 to "
+                             f"cuda:{count - 1}")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("no MPS device here; use --device cpu")
 
 
 def bundled_model():
@@ -105,11 +227,10 @@ def bundled_model():
 
 
 def sampling_options(args):
-    """The keyword arguments every pipeline task takes, from the parsed options (and the model's defaults)."""
-    defaults = BUNDLED_DEFAULTS if args.model is None else CHECKPOINT_DEFAULTS
-    steps, sampler, cfg = (defaults[k] if getattr(args, k) is None else getattr(args, k) for k in ("steps", "sampler", "cfg"))
+    """The keyword arguments every pipeline task takes, from the parsed options (and the model's settings)."""
+    sampler, steps, cfg = chosen(args)
     return dict(negative_prompt=args.negative, steps=steps, sampler=sampler, karras=args.karras,
-                eta=args.eta, guidance_scale=cfg, seed=args.seed, num_images_per_prompt=args.num,
+                eta=args.eta, guidance_scale=cfg, seed=args.seed, num_images_per_prompt=1,  # run_task: per picture
                 clip_skip=args.clip_skip, progress=sys.stderr.isatty())
 
 
@@ -122,24 +243,20 @@ def one_line_warnings():
 
 
 def run_task(args, command, task):
-    """Load the model, run ``task(pipeline)`` -> PipelineResult, save the images; print where they went."""
+    """Load the model, run ``task(pipeline)`` -> PipelineResult once per picture, with args.seed set to that
+    picture's seed (SEED + k, see ``outputs``), then save the pictures with their settings; print where they went."""
+    from minidiff.commands import outputs
+
     if args.num < 1:
         raise ValueError(f"--num must be at least 1, got {args.num}")
     if args.out is not None and Path(args.out).suffix.lower() != ".png":
         raise ValueError(f"--out must name a .png file, got {args.out}")
+    seeds = outputs.picture_seeds(args.seed, args.num)
     with one_line_warnings():
-        result = task(load_pipeline(args))
-    save_results(result, args.out or f"outputs/{command}-{result.seed}.png")
+        pipeline, results = load_pipeline(args), []
+        for seed in seeds:
+            args.seed = seed  # what sampling_options hands the task
+            results.append(task(pipeline))
+        fields = outputs.run_fields(args, sampling_options(args), pipeline.scheduler_config, model_path(args))
+    outputs.save_results(args, command, results, fields)
     return 0
-
-
-def save_results(result, out):
-    """Write each image of ``result`` as a PNG: OUT itself for one image, OUT-i.png for several."""
-    from minidiff.images import save_png
-
-    out = Path(out)
-    pictures = result.to_pil()
-    paths = [out] if len(pictures) == 1 else [out.with_name(f"{out.stem}-{i}.png") for i in range(len(pictures))]
-    for picture, path in zip(pictures, paths):
-        save_png(picture, path)
-        print(f"wrote {path}" + (f" (seed {result.seed})" if result.seed is not None else ""))

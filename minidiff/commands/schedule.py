@@ -3,10 +3,13 @@
     python -m minidiff schedule --sampler euler --steps 25 --karras --plot sigmas.png
 
 Prints one row per network call: the timestep t handed to the U-Net, the σ-space noise level σ of the latent
-before the call and ᾱ = 1 / (1 + σ²), its share of signal power.
+before the call and ᾱ = 1 / (1 + σ²), its share of signal power. The plot is written before the table, so a
+reader that stops early (``| head``) still gets it, and such a reader ends the table quietly.
 """
 
 import argparse
+import os
+import sys
 
 HELP = "print a sampler's timesteps and noise levels as a table, and optionally plot them"
 
@@ -33,29 +36,38 @@ def run(args):
     sampler = make_sampler(args.sampler, config, args.steps, karras=args.karras, strength=args.strength)
     sigmas = [float(sampler.sigma_at(i)) for i in range(len(sampler.timesteps))]
     alpha_bars = [1 / (1 + s**2) for s in sigmas]
-
-    print(
-        f"{args.sampler}: {args.steps} steps, {len(sampler.timesteps)} network calls, "
-        f"{sampler.config.timestep_spacing} spacing, karras={sampler.karras}, "
-        f"init_noise_sigma={sampler.init_noise_sigma:.6g}"
-    )
-    print(f"{'call':>5} {'timestep':>10} {'sigma':>12} {'alpha_bar':>12}")
-    for i, (t, sigma, alpha_bar) in enumerate(zip(sampler.timesteps.tolist(), sigmas, alpha_bars)):
-        print(f"{i:>5} {t:>10.4g} {sigma:>12.6g} {alpha_bar:>12.6g}")
-
     if args.plot:
-        import matplotlib
+        write_plot(args.plot, args.sampler, sigmas, alpha_bars)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (ax_sigma, ax_alpha) = plt.subplots(1, 2, figsize=(10, 4))
-        ax_sigma.semilogy(sigmas, marker=".")
-        ax_sigma.set(xlabel="network call", ylabel="σ (log scale)", title=f"{args.sampler}: noise level σ")
-        ax_alpha.plot(alpha_bars, marker=".")
-        ax_alpha.set(xlabel="network call", ylabel="ᾱ", title="signal fraction ᾱ = 1 / (1 + σ²)")
-        fig.tight_layout()
-        fig.savefig(args.plot)
-        plt.close(fig)
-        print(f"plot written to {args.plot}")
+    try:
+        print(
+            f"{args.sampler}: {args.steps} steps, {len(sampler.timesteps)} network calls, "
+            f"{sampler.config.timestep_spacing} spacing, karras={sampler.karras}, "
+            f"init_noise_sigma={sampler.init_noise_sigma:.6g}"
+        )
+        print(f"{'call':>5} {'timestep':>10} {'sigma':>12} {'alpha_bar':>12}")
+        for i, (t, sigma, alpha_bar) in enumerate(zip(sampler.timesteps.tolist(), sigmas, alpha_bars)):
+            print(f"{i:>5} {t:>10.4g} {sigma:>12.6g} {alpha_bar:>12.6g}")
+        if args.plot:
+            print(f"plot written to {args.plot}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader closed the pipe (`| head`): the rest of the table goes nowhere, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail too
     return 0
+
+
+def write_plot(path, sampler_name, sigmas, alpha_bars):
+    """σ (log scale) and ᾱ against the network call index, side by side, as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_sigma, ax_alpha) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_sigma.semilogy(sigmas, marker=".")
+    ax_sigma.set(xlabel="network call", ylabel="σ (log scale)", title=f"{sampler_name}: noise level σ")
+    ax_alpha.plot(alpha_bars, marker=".")
+    ax_alpha.set(xlabel="network call", ylabel="ᾱ", title="signal fraction ᾱ = 1 / (1 + σ²)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

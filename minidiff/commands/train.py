@@ -8,6 +8,10 @@
     python -m minidiff train import --from weights        # or: continue training the shipped weights
 
 Checkpoints, loss plots and logs go to --out (default runs/bundled); a stopped stage resumes where it was.
+A stage that builds on earlier ones (unet on vae and clip, controlnet on those and unet) refuses to start when
+their checkpoints are not in --out, and names the commands that make them: train those stages, or `train import`
+the bundled model's. It never imports by itself: whether a run starts from scratch or from the shipped weights
+is for the user to say.
 The recipe (sizes, steps, learning rates) lives in minidiff/train/bundled.py.
 """
 

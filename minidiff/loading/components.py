@@ -49,6 +49,8 @@ NETWORKS = {
 }
 # The pad token of each text tower's tokenizer (SD 2.x's OpenCLIP tokenizer pads with "!").
 PAD_TOKEN = {"sd1": EOS, "sd2": "!"}
+# A single file carries no tokenizer: it is read with CLIP's (49,408 tokens), so its text encoder must have as many.
+CLIP_VOCAB_SIZE = CLIPTextConfig.vocab_size
 
 
 @dataclass
@@ -188,19 +190,19 @@ def load_single_file(path, dtype, device, allow_pickle, prediction_type):
         parts = split_original_checkpoint(state_dict, configs)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    vocab_size = configs["text_encoder"]["vocab_size"]
+    if vocab_size != CLIP_VOCAB_SIZE:  # before the tokenizer is looked for: no installed one could fit
+        raise CheckpointError(
+            f"{path}: the text encoder has {vocab_size} token embeddings, not the {CLIP_VOCAB_SIZE} of CLIP's "
+            "vocabulary; a single file carries no tokenizer and is read with CLIP's, so this file cannot be used "
+            "whatever is installed: use the diffusers folder it came from, which keeps its own tokenizer."
+        )
     networks = {
         name: build_network(name, NETWORKS[name][0].from_dict(configs[name]), parts[name], path, dtype, device)
         for name in ("text_encoder", "vae", "unet")
     }
     kind = "sd2" if configs["text_encoder"]["hidden_act"] == "gelu" else "sd1"
     tokenizer = CLIPTokenizer(*load_openclip_bpe(find_openclip_vocab()), pad_token=PAD_TOKEN[kind])
-    vocab_size = networks["text_encoder"].config.vocab_size
-    if vocab_size != len(tokenizer.vocab):
-        raise CheckpointError(
-            f"{path}: the text encoder has {vocab_size} token embeddings but CLIP's vocabulary has "
-            f"{len(tokenizer.vocab)}; a single file carries no tokenizer, so it must use CLIP's. Save this model "
-            "as a diffusers folder instead, which keeps its own tokenizer."
-        )
     scheduler_config = SchedulerConfig.from_dict(configs["scheduler"])
     return Components(tokenizer, scheduler_config=scheduler_config, source=str(path), **networks)
 

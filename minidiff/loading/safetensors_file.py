@@ -18,11 +18,11 @@ import json
 import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 
 import torch
 
+from minidiff.atomic import atomic_file
 from minidiff.loading.state_dict import CheckpointError
 
 # Largest header accepted (the format's own limit): a real SD checkpoint's header is about 100 KB.
@@ -213,21 +213,12 @@ def write_safetensors(tensors, path, metadata=None):
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # pad so the data section starts 8-byte aligned
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for key in sorted(tensors):
-                t = tensors[key].detach().to("cpu").contiguous()
-                f.write(t.reshape(-1).view(torch.uint8).numpy())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for key in sorted(tensors):
+            t = tensors[key].detach().to("cpu").contiguous()
+            f.write(t.reshape(-1).view(torch.uint8).numpy())
 
 
 # A large network can be split into several files ("shards") plus an index, as diffusers and transformers do:

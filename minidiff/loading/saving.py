@@ -5,12 +5,10 @@
 """
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from minidiff.loading.components import NETWORKS
+from minidiff.atomic import atomic_folder
+from minidiff.loading.components import CLIP_VOCAB_SIZE, NETWORKS
 from minidiff.loading.safetensors_file import write_safetensors, write_sharded_safetensors
 from minidiff.loading.single_file import join_original_checkpoint
 
@@ -60,33 +58,38 @@ def save_components(components, folder, max_shard_bytes=None):
     if folder.exists():
         raise FileExistsError(f"{folder} already exists; choose a new folder name (minidiff never overwrites a model).")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
+    with atomic_folder(folder) as tmp:
         write_model_folder_configs(components, tmp)
         for name, (_, _, stem, _) in NETWORKS.items():
             model = getattr(components, name)
             if model is not None:
                 write_sharded_safetensors(model.state_dict(), tmp / name, stem, max_shard_bytes or float("inf"),
                                           metadata={"format": "pt"})
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_single_file(components, path):
     """Write the U-Net, VAE and text encoder as one original-layout .safetensors file (A1111 / ComfyUI read it).
 
     The text encoder's layout follows its activation: quick_gelu is OpenAI CLIP (SD 1.x), gelu OpenCLIP (SD 2.x).
-    A single file has no room for a ControlNet, a tokenizer or a scheduler config.
+    A single file has no room for a ControlNet, a tokenizer or a scheduler config: it is read back with CLIP's
+    tokenizer, so a model with another vocabulary (such as the bundled model's reduced one) is refused before
+    anything is written.
     """
+    if not str(path).endswith(".safetensors"):
+        raise ValueError(f"{path}: minidiff writes single files only as .safetensors (never pickle).")
+    embeddings, tokens = components.text_encoder.config.vocab_size, len(components.tokenizer.vocab)
+    if embeddings != CLIP_VOCAB_SIZE or tokens != CLIP_VOCAB_SIZE:
+        raise ValueError(
+            f"{path}: the text encoder has {embeddings} token embeddings and the tokenizer {tokens} tokens, but a "
+            f"single file holds no tokenizer and is read back with CLIP's, of {CLIP_VOCAB_SIZE} tokens, so nothing "
+            "could read it: keep this model as a diffusers folder."
+        )
     if components.controlnet is not None:
         raise ValueError(
             "a single file holds only the U-Net, VAE and text encoder; this model also has a ControlNet, which "
-            "would be lost: save it as a diffusers folder instead."
+            "would be lost: save it as a diffusers folder instead, or leave the ControlNet out (convert "
+            "--without-controlnet; in Python, components.controlnet = None)."
         )
-    if not str(path).endswith(".safetensors"):
-        raise ValueError(f"{path}: minidiff writes single files only as .safetensors (never pickle).")
     networks = {name: getattr(components, name) for name in ("unet", "vae", "text_encoder")}
     configs = {name: model.config.to_dict() for name, model in networks.items()}
     kind = "sd1" if networks["text_encoder"].config.hidden_act == "quick_gelu" else "sd2"

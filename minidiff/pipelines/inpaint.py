@@ -91,7 +91,10 @@ class Inpaint(PipelineBase):
         image = as_image_tensor(image)  # (1, 3, H, W)
         pads = {"left": left, "right": right, "top": top, "bottom": bottom}
         if any(not isinstance(p, int) or p < 0 for p in pads.values()) or not any(pads.values()):
-            raise ValueError(f"left, right, top and bottom must be whole numbers of pixels >= 0, not all 0; got {pads}")
+            raise ValueError(
+                f"outpainting adds left, right, top and bottom pixels, whole numbers >= 0 and not all 0, but got "
+                f"left {left}, right {right}, top {top} and bottom {bottom}; give the sides to extend"
+            )
         H, W = image.shape[-2:]
         f = self.vae_scale_factor
         for name, size, a, b in (("width", W + left + right, "left", "right"),

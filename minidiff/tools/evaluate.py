@@ -4,7 +4,8 @@
                   ("a red circle above a blue square"), drawn from a seeded generator
     2. images     generated in batches, one seed per sample
     3. detection  ``minidiff.data.detect`` reads each picture back into colours, shapes and positions and
-                  ``score`` says which requests of the prompt the picture meets
+                  ``score`` says which requests of the prompt the picture meets; the report keeps both for
+                  every sample (``prompt_results``), so a failed prompt can be found and looked at
     4. CLIP score 100 * cos(image embedding, prompt embedding) with the CLIP trained beside the model
                   (weights/clip/), when the model folder has one
 
@@ -90,20 +91,67 @@ class CLIPScorer:
         return 100 * (v * t).sum(-1)  # (N,)
 
 
-def attribute_rates(prompts, images):
-    """Per kind of prompt: the fraction of samples meeting each request, plus the sample count."""
-    results = {}
-    for (kind, prompt), image in zip(prompts, to_uint8(images)):
-        checks = score(parse_prompt(prompt), detect_objects(image))
-        entry = results.setdefault(kind, {"samples": 0, **{c: 0.0 for c in COLUMNS[kind]}})
+def prompt_results(prompts, images, seed=None):
+    """Each sample as the JSON report lists it: kind, prompt, seed (seed + i, when ``seed`` is given), what the
+    detector read in the picture, and each request of the prompt met (True) or not ("all": every one of them)."""
+    results = []
+    for i, ((kind, prompt), image) in enumerate(zip(prompts, to_uint8(images))):
+        detection = detect_objects(image)
+        checks = score(parse_prompt(prompt), detection)
+        objects = [{"color": o.color, "shape": o.shape, "size": o.size, "position": o.position}
+                   for o in detection.objects]
+        results.append({"kind": kind, "prompt": prompt, **({} if seed is None else {"seed": seed + i}),
+                        "detected": {"background": detection.background, "objects": objects},
+                        "checks": {name: bool(met) for name, met in checks.items()}})
+    return results
+
+
+def rates(results):
+    """Per kind of prompt: the fraction of ``prompt_results`` meeting each request, plus the sample count."""
+    table = {}
+    for result in results:
+        kind = result["kind"]
+        entry = table.setdefault(kind, {"samples": 0, **{c: 0.0 for c in COLUMNS[kind]}})
         entry["samples"] += 1
         for column in COLUMNS[kind]:
-            entry[column] += bool(checks.get(column, False))
-    for entry in results.values():
+            entry[column] += result["checks"].get(column, False)
+    for entry in table.values():
         for column in entry:
             if column != "samples":
                 entry[column] /= entry["samples"]
-    return results
+    return table
+
+
+def attribute_rates(prompts, images):
+    """``rates`` of the pictures ``images`` (N, 3, H, W) in [0, 1] against their (kind, prompt)s."""
+    return rates(prompt_results(prompts, images))
+
+
+def captioned_grid(images, results, columns=8):
+    """The pictures (N, 3, H, W) in [0, 1] as one PIL image, ``columns`` a row, each above its prompt (wrapped,
+    shortened to three lines) and a green "pass" or a red "FAIL": whether it met every request."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    n, _, height, width = images.shape
+    line = font.getbbox("Ag")[3] + 2  # pixels a line of text takes
+    chars = max(8, int(width / font.getlength("n")))  # about as many characters as fit in a tile's width
+    tile_height, gap = height + 4 * line + 4, 2
+    rows = -(-n // columns)  # ceil
+    grid = Image.new("RGB", ((width + gap) * min(columns, n) - gap, (tile_height + gap) * rows - gap), "grey")
+    for i, (picture, result) in enumerate(zip(to_uint8(images.cpu()).numpy(), results)):
+        tile = Image.new("RGB", (width, tile_height), "white")  # text past its edge is cut off, not drawn on
+        tile.paste(Image.fromarray(picture), (0, 0))
+        draw = ImageDraw.Draw(tile)
+        passed = result["checks"]["all"]
+        draw.text((2, height + 2), "pass" if passed else "FAIL", fill=(0, 140, 0) if passed else (200, 0, 0),
+                  font=font)
+        for k, text in enumerate(textwrap.wrap(result["prompt"], chars, max_lines=3, placeholder="...")):
+            draw.text((2, height + 2 + (k + 1) * line), text, fill="black", font=font)
+        grid.paste(tile, ((width + gap) * (i % columns), (tile_height + gap) * (i // columns)))
+    return grid
 
 
 def reconstruction_prompts(samples, seed=0):
@@ -174,7 +222,8 @@ def control_f1(sd, samples, seed, sampler, steps, guidance):
 
 def evaluate(model, samples=200, seed=0, sampler="dpmpp_2m", steps=20, guidance=5.0, control_samples=0,
              device="cpu", reconstruction_samples=0):
-    """Generate ``samples`` pictures from ``make_prompts`` and score them; returns a JSON-ready dict.
+    """Generate ``samples`` pictures from ``make_prompts`` and score them. Returns a JSON-ready dict (the rates,
+    then every sample under "prompts", as ``prompt_results`` gives them) and the pictures (N, 3, H, W) in [0, 1].
 
     reconstruction_samples: also score that many VAE round trips of rendered scenes (``reconstruction_rates``).
     """
@@ -183,8 +232,9 @@ def evaluate(model, samples=200, seed=0, sampler="dpmpp_2m", steps=20, guidance=
     sd = StableDiffusion.from_pretrained(model, device=device)
     prompts = make_prompts(samples, seed)
     images = generate(sd, [p for _, p in prompts], seed, sampler, steps, guidance)
+    results = prompt_results(prompts, images, seed)
     report = {"model": str(model), "samples": samples, "seed": seed, "sampler": sampler, "steps": steps,
-              "guidance": guidance, "attributes": attribute_rates(prompts, images)}
+              "guidance": guidance, "attributes": rates(results)}
     if os.path.isdir(os.path.join(model, "clip")):
         clip_score = CLIPScorer(model, sd)(images.cpu(), [p for _, p in prompts])
         report["clip_score"] = {kind: float(clip_score[[k == kind for k, _ in prompts]].mean())
@@ -193,6 +243,7 @@ def evaluate(model, samples=200, seed=0, sampler="dpmpp_2m", steps=20, guidance=
         report["reconstruction"] = reconstruction_rates(sd.vae, reconstruction_samples, seed)[0]
     if control_samples and sd.controlnet is not None:
         report["edge_f1"] = control_f1(sd, control_samples, seed, sampler, steps, guidance)
+    report["prompts"] = results  # last: the long list, after the summary
     return report, images
 
 

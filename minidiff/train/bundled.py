@@ -112,6 +112,25 @@ RECIPE = {
                                         ema_decay=0.999, caption_dropout=0.5),
 }
 STAGES = tuple(RECIPE)
+# The stages each one trains against: their checkpoints must be in out_dir first (the VAE's with its vae.json).
+BUILDS_ON = {"vae": (), "clip": (), "unet": ("vae", "clip"), "controlnet": ("vae", "clip", "unet")}
+
+
+def check_earlier_stages(stage, out_dir, train_encoder=True):
+    """Refuse, in one line naming the commands to run, to start ``stage`` while a stage it builds on has left no
+    checkpoint in ``out_dir`` (the decoder-only VAE builds on the vae stage's own checkpoint)."""
+    needed = BUILDS_ON[stage] if train_encoder else ("vae",)
+    files = {name: (f"{name}.pt", "vae.json") if name == "vae" else (f"{name}.pt",) for name in needed}
+    missing = [name for name in needed if not all(os.path.exists(os.path.join(out_dir, f)) for f in files[name])]
+    if missing:
+        listed = f"{', '.join(missing[:-1])} and {missing[-1]}" if len(missing) > 1 else missing[0]
+        then = "".join(f", then {name}" for name in missing[1:])
+        raise FileNotFoundError(
+            f"'{stage}'{'' if train_encoder else ' --decoder-only'} builds on the checkpoints of {listed}, "
+            f"which are not in {out_dir}: train {'them' if then else 'it'} first "
+            f"(python -m minidiff train {missing[0]} --out {out_dir}{then}) or start from the bundled model's "
+            f"weights (python -m minidiff train import --out {out_dir})."
+        )
 
 
 def load_trained(model, out_dir, name):
@@ -153,10 +172,12 @@ def trained_clip(out_dir, tokenizer):
 def run_stage(stage, out_dir, device="cuda", seed=0, time_limit=None, **overrides):
     """Train one stage of the recipe (``overrides``: fields of its config, e.g. steps=10); returns the network.
 
-    Every stage reads what the earlier ones left in ``out_dir`` and writes its checkpoint there.
+    Every stage reads what the earlier ones left in ``out_dir`` and writes its checkpoint there; without them it
+    refuses to start (``check_earlier_stages``).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)} (in that order).")
+    check_earlier_stages(stage, out_dir, overrides.get("train_encoder", True))
     tokenizer = make_tokenizer()
     config = dataclasses.replace(RECIPE[stage], device=device, seed=seed, **overrides)
     if stage == "vae":

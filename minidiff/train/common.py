@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minidiff.atomic import atomic_file
 from minidiff.data.shapes import render_scenes, sample_scene
 
 
@@ -137,8 +138,8 @@ def save_checkpoint(path, model, optimizer, ema, step, losses, config, with_opti
         "config": dataclasses.asdict(config),
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)  # a crash never leaves a half-written checkpoint
+    with atomic_file(path) as f:  # a crash never leaves a half-written checkpoint
+        torch.save(state, f)
 
 
 def load_checkpoint(path, model, optimizer=None, ema=None):

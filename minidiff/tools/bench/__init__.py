@@ -2,11 +2,11 @@
 
 Both libraries build the SD 1.5-size U-Net, VAE and text encoder; one set of random weights is copied into both,
 key for key. Every workload is run in several variants of each library (eager, channels-last, fused q/k/v, a
-CUDA graph, torch.compile), and each variant reports its median time, its peak memory (above the weights) and its
-output error against a float32 reference (diffusers/transformers in float32, TF32 off). Workloads: the U-Net
-step at several batch sizes and resolutions, the VAE decoder at 512 px, the text encoder on [unconditional;
-conditional] prompts, and a whole 50-step guided text-to-image run (Euler; text encoding + sampling + VAE
-decoding; tokenizing left out).
+CUDA graph, torch.compile), and each variant reports its median time, its peak memory (above the weights; on
+CUDA only) and its output error against a float32 reference (diffusers/transformers in float32, TF32 off).
+Workloads: the U-Net step at several batch sizes and resolutions, the VAE decoder at 512 px, the text encoder on
+[unconditional; conditional] prompts, and a whole 50-step guided text-to-image run (Euler; text encoding +
+sampling + VAE decoding; tokenizing left out).
 
     configs.py        the architectures (SD 1.5's, tiny ones), random weights, minidiff copies of the references
     timing.py         timers, peak memory, errors, kernel times, FLOPs, the matmul rate; the settings measured under

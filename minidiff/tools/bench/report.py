@@ -1,5 +1,6 @@
 """What the benchmark reports: one Row per workload and dtype, holding a Measurement per variant; the machine and
-library versions; a line per measurement as it is taken, the tables at the end, and the JSON file."""
+library versions; a line per measurement as it is taken (each result is printed once, there), a summary table at
+the end, and the JSON file. Peak memory is measured on CUDA only; on the CPU it is "-" (null in the JSON)."""
 
 import json
 import math
@@ -13,14 +14,15 @@ import torch
 
 @dataclass
 class Measurement:
-    """One variant of one library on one workload: median (and fastest) ms, peak MB above the weights, max
-    relative error against the float32 reference and against diffusers' eager output in the same dtype."""
+    """One variant of one library on one workload: median (and fastest) ms, peak MB above the weights (None where
+    not measured: off CUDA), max relative error against the float32 reference and against diffusers' eager output
+    in the same dtype."""
 
     library: str
     variant: str
     ms: float = math.nan
     min_ms: float = math.nan
-    peak_mb: float = math.nan
+    peak_mb: float | None = None
     rel_err_fp32: float = math.nan
     rel_err_vs_diffusers: float = math.nan
     setup_s: float = math.nan  # one-time cost: capture or compilation
@@ -73,10 +75,15 @@ def environment(device):
     return info
 
 
+MEASUREMENT_HEADER = (f"{'workload':26s} {'dtype':9s} {'library':9s} {'variant':44s} {'ms':>9s} {'min ms':>9s} "
+                      f"{'peak MB':>8s} {'err fp32':>8s} {'err vs d':>8s} {'setup s':>7s}")
+
+
 def measurement_line(row, m):
-    """The progress line printed as each measurement is taken."""
-    return (f"  {row.workload:16s} {row.dtype:9s} {m.library:9s} {m.variant:34s} {m.ms:9.2f} ms "
-            f"{m.peak_mb:8.0f} MB  err {m.rel_err_fp32:.1e}  setup {m.setup_s:5.1f} s {m.error}")
+    """The line printed as each measurement is taken, under ``MEASUREMENT_HEADER``; "-" where nothing was measured."""
+    return (f"{row.workload:26s} {row.dtype:9s} {m.library:9s} {m.variant:44s} {fmt(m):>9s} "
+            f"{fmt(m, 'min_ms'):>9s} {fmt(m, 'peak_mb', '{:.0f}'):>8s} {fmt(m, 'rel_err_fp32', '{:.1e}'):>8s} "
+            f"{fmt(m, 'rel_err_vs_diffusers', '{:.1e}'):>8s} {fmt(m, 'setup_s', '{:.1f}'):>7s} {m.error}").rstrip()
 
 
 def write_json(rows, info, config, path):
@@ -93,12 +100,14 @@ def write_json(rows, info, config, path):
 
 
 def fmt(m, key="ms", spec="{:.2f}"):
-    return "-" if m is None or math.isnan(getattr(m, key)) else spec.format(getattr(m, key))
+    """One number of a Measurement as the tables show it: "-" when there is no measurement or no such number."""
+    value = None if m is None else getattr(m, key)
+    return "-" if value is None or math.isnan(value) else spec.format(value)
 
 
 def print_tables(rows, info):
-    """Per workload: each library's eager and best variant, the ratio minidiff/diffusers, peak memory, errors;
-    then every measurement."""
+    """Per workload: each library's eager and best variant, the ratio minidiff/diffusers, peak memory, errors
+    (each measurement has its own line already, printed as it was taken)."""
     print("\n" + ", ".join(f"{k}={v}" for k, v in info.items()))
     header = (f"{'workload':26s} {'dtype':9s} {'diffusers':>9s} {'best':>9s} {'minidiff':>9s} {'best':>9s} "
               f"{'ratio':>6s} {'ratio':>6s} {'floor':>6s} {'peak MB':>11s} {'err vs fp32':>17s}")
@@ -118,11 +127,8 @@ def print_tables(rows, info):
               f"{fmt(m_best):>9s} {ratio(m_eager, d_eager):>6s} {ratio(m_best, d_best):>6s} {floor:>6s} "
               f"{peaks:>11s} {errs:>17s}")
     print("best = fastest variant of each library (diffusers: its own options only); ratio = minidiff / diffusers;"
-          " floor = FLOPs / measured matmul rate\n")
-    print(f"{'workload':26s} {'dtype':9s} {'library':9s} {'variant':44s} {'ms':>9s} {'min ms':>9s} {'peak MB':>8s} "
-          f"{'err fp32':>8s} {'err vs d':>8s} {'setup s':>7s}")
-    for row in rows:
-        for m in row.measurements:
-            print(f"{row.workload:26s} {row.dtype:9s} {m.library:9s} {m.variant:44s} {fmt(m):>9s} "
-                  f"{fmt(m, 'min_ms'):>9s} {fmt(m, 'peak_mb', '{:.0f}'):>8s} {fmt(m, 'rel_err_fp32', '{:.1e}'):>8s} "
-                  f"{fmt(m, 'rel_err_vs_diffusers', '{:.1e}'):>8s} {fmt(m, 'setup_s', '{:.1f}'):>7s} {m.error}")
+          " floor = FLOPs / measured matmul rate")
+    if "gpu" in info:
+        print("peak MB = most CUDA memory allocated during a call, above what was allocated before it")
+    else:
+        print("peak MB: not measured on the CPU")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from minidiff.tools.bench.configs import build_references
-from minidiff.tools.bench.report import environment, forget_tensors, print_tables, write_json
+from minidiff.tools.bench.report import MEASUREMENT_HEADER, environment, forget_tensors, print_tables, write_json
 from minidiff.tools.bench.timing import benchmark_settings, matmul_tflops
 from minidiff.tools.bench.workloads import (DtypeRun, compile_variants, diffusers_graph_variants, text_encoder_rows,
                                             text_to_image_rows, unet_rows, vae_rows)
@@ -69,7 +69,7 @@ def run_benchmark(config, out_path=None):
             if device.type == "cuda" and "unet" in config.workloads:
                 info[f"matmul_tflops_{dtype_name}"] = round(matmul_tflops(device, getattr(torch, dtype_name)), 1)
                 print(f"{dtype_name} matrix product: {info[f'matmul_tflops_{dtype_name}']} TFLOP/s", flush=True)
-            print(f"{dtype_name} on {info.get('gpu', 'cpu')}:", flush=True)
+            print(f"{dtype_name} on {info.get('gpu', 'cpu')}:", MEASUREMENT_HEADER, sep="\n", flush=True)
             run = DtypeRun(config, references, dtype_name, rows, save)
             done.append((run, {name: guarded(workload, run) for name, workload in RUN_ORDER.items()
                                if name in config.workloads}))

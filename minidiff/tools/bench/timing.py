@@ -1,8 +1,9 @@
 """How the benchmark measures: wall time, peak memory, output error, GPU time by kind of kernel, FLOPs, and the
 device's matrix-product rate; and the process-wide settings it measures under, restored when it is done.
 
-Timing: warm up, synchronise the device around every call, take the median of the repeats. Peak memory is
-measured on a separate call, as the most allocated above what was allocated before it.
+Timing: untimed warm-up calls first (the benchmark always makes one right before timing), synchronise the
+device around every call, take the median of the repeats. Peak memory is measured on CUDA only, on a separate
+call, as the most allocated above what was allocated before it.
 """
 
 import contextlib
@@ -62,9 +63,9 @@ def time_ms(fn, device, warmup, repeats, max_seconds):
 
 def peak_mb(fn, device):
     """(fn()'s result, peak device memory in MB allocated while it ran, above what was allocated before);
-    NaN off CUDA."""
+    None (not measured) off CUDA."""
     if device.type != "cuda":
-        return fn(), math.nan
+        return fn(), None
     synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)

@@ -7,8 +7,11 @@
     compile_variants     torch.compile, added to a U-Net row and the whole run's row (slow: after the rest)
     diffusers_graph_variants   diffusers' models through minidiff's CUDA graph (risky: last of all)
 
-Each builds its own copies of the models (``DtypeRun.pair``), so one workload's layout changes and fused layers
-never reach another. The variants, in the order each workload measures them (each keeps the previous ones):
+Each builds its own copies of the models, so one workload's layout changes and fused layers never reach another,
+and holds one library's copy at a time: every diffusers variant is measured, its copy freed, then minidiff's is
+built (an SD 1.5 U-Net is 3.4 GB in float32, and the float32 references stay in memory throughout). The variants,
+in the order each library measures them (each keeps the previous ones; diffusers first, as minidiff's rows are
+also compared with diffusers' eager output):
 
     eager            the plain model, as loaded
     channels_last    feature maps stored (B, H, W, C)                              (``minidiff.fast``)
@@ -30,6 +33,7 @@ from minidiff.tools.bench.text_to_image import (GUIDANCE_SCALE, PlainGuidedStep,
 from minidiff.tools.bench.timing import error_text, kernel_times, peak_mb, rel_error, synchronize, time_ms, unet_tflop
 
 BOS, EOS = 49406, 49407
+NETWORKS = ("text", "unet", "vae")  # what the whole run uses
 
 
 class DtypeRun:
@@ -62,14 +66,9 @@ class DtypeRun:
         """A new copy of the float32 reference ``name`` ("unet", "vae", "text") in this dtype."""
         return copy.deepcopy(self.references[name]).to(self.dtype)
 
-    def pair(self, name):
-        """(minidiff's model, the reference's), new copies in this dtype with the same weights."""
-        return minidiff_copy(name, self.references[name], self.dtype, self.config.tiny), self.reference_copy(name)
-
-    def pairs(self, *names):
-        """({name: minidiff's model}, {name: the reference's}) for several networks."""
-        built = {name: self.pair(name) for name in names}
-        return {k: v[0] for k, v in built.items()}, {k: v[1] for k, v in built.items()}
+    def minidiff_copy(self, name):
+        """minidiff's network ``name``, new, in this dtype, with the reference's weights."""
+        return minidiff_copy(name, self.references[name], self.dtype, self.config.tiny)
 
 
 def measure(run, row, library, variant, build, graph=False):
@@ -93,9 +92,10 @@ def measure(run, row, library, variant, build, graph=False):
         else:
             fn, out = build_and_call()
         m.setup_s = time.perf_counter() - start
-        if not graph:
+        if not graph and run.cuda:  # peak memory is measured on CUDA only
             out, m.peak_mb = peak_mb(fn, run.device)
-        m.ms, m.min_ms = time_ms(fn, run.device, 0, run.config.repeats, run.config.max_seconds)  # warm already
+        # one untimed call right before the timed ones, so that even --repeats 1 times a warm call
+        m.ms, m.min_ms = time_ms(fn, run.device, 1, run.config.repeats, run.config.max_seconds)
         m.rel_err_fp32 = rel_error(out, row.extra.get("reference"))
         m.rel_err_vs_diffusers = rel_error(out, row.extra.get("diffusers eager"))
         if (library, variant) == ("diffusers", "eager"):
@@ -129,19 +129,26 @@ def measure_cases(run, rows, library, call, variant, graph=False):
 @torch.no_grad()
 def unet_rows(run):
     """One row per (batch, pixels) of ``config.unet_cases``: the U-Net at t = 500 on random latents and context."""
-    ours, theirs = run.pair("unet")
     rows = []
     for batch, pixels in run.config.unet_cases:
         side = pixels // 8
         x, t, c = run.randn(batch, 4, side, side), torch.tensor(500.0, device=run.device), \
-            run.randn(batch, 77, ours.config.cross_attention_dim)
+            run.randn(batch, 77, run.references["unet"].config.cross_attention_dim)
         row = run.new_row(f"unet b{batch} {pixels}px")
         row.extra.update(inputs=(x, t, c), reference=run.references["unet"](x.float(), t, c.float()).sample,
                          tflop=unet_tflop(run.config.tiny, batch, pixels))
         rows.append(row)
-    d_call = lambda x, t, c: theirs(x, t, c).sample
 
+    theirs = run.reference_copy("unet")
+    d_call = lambda x, t, c: theirs(x, t, c).sample
     measure_cases(run, rows, "diffusers", d_call, "eager")
+    theirs.to(memory_format=torch.channels_last)
+    measure_cases(run, rows, "diffusers", d_call, "channels_last")
+    if run.cuda:
+        kernel_profile(run, rows, "diffusers channels_last", d_call)
+    del theirs, d_call  # freed before minidiff's copy is built
+
+    ours = run.minidiff_copy("unet")
     measure_cases(run, rows, "minidiff", ours, "eager")
     if run.cuda:
         measure_cases(run, rows, "minidiff", ours, "eager + graph", graph=True)
@@ -151,44 +158,42 @@ def unet_rows(run):
     measure_cases(run, rows, "minidiff", ours, "fused_qkv + channels_last")
     if run.cuda:
         measure_cases(run, rows, "minidiff", ours, "fused_qkv + channels_last + graph", graph=True)
-    theirs.to(memory_format=torch.channels_last)
-    measure_cases(run, rows, "diffusers", d_call, "channels_last")
-    if run.cuda:
-        kernel_profile(rows, run.config.compile_case, d_call, ours)
+        kernel_profile(run, rows, "minidiff fused_qkv + channels_last", ours)
     return rows
 
 
-def kernel_profile(rows, case, d_call, ours):
-    """GPU time per kind of kernel in one eager call at the compile case: what a graph can at best reach."""
+def kernel_profile(run, rows, name, call):
+    """GPU time per kind of kernel in one eager call(x, t, c) at the compile case, as ``kernel_ms[name]`` of its
+    row: what a graph can at best reach."""
     for row in rows:
-        if row.workload != "unet b{} {}px".format(*case):
+        if row.workload != "unet b{} {}px".format(*run.config.compile_case):
             continue
         x, t, c = row.extra["inputs"]
         try:
-            row.extra["kernel_ms"] = {"diffusers channels_last": kernel_times(lambda: d_call(x, t, c)),
-                                      "minidiff fused_qkv + channels_last": kernel_times(lambda: ours(x, t, c))}
-            print(f"  kernel time by kind (ms): {row.extra['kernel_ms']}", flush=True)
+            row.extra.setdefault("kernel_ms", {})[name] = kernel_times(lambda: call(x, t, c))
+            print(f"  kernel time by kind (ms), {name}: {row.extra['kernel_ms'][name]}", flush=True)
         except Exception as exc:
-            row.extra["kernel_ms"] = error_text(exc)
+            row.extra.setdefault("kernel_ms", {})[name] = error_text(exc)
 
 
 @torch.no_grad()
 def vae_rows(run):
     """The VAE decoder on random latents of ``config.vae_size`` pixels."""
-    ours, theirs = run.pair("vae")
     side = run.config.vae_size // 8
     z = run.randn(1, 4, side, side)
     row = run.new_row(f"vae decode {run.config.vae_size}px")
     row.extra.update(inputs=(z,), reference=run.references["vae"].decode(z.float()).sample)
-    d_decode = lambda z: theirs.decode(z).sample
-    measure(run, row, "diffusers", "eager", lambda: lambda: d_decode(z))
+    theirs = run.reference_copy("vae")
+    measure(run, row, "diffusers", "eager", lambda: lambda: theirs.decode(z).sample)
+    theirs.to(memory_format=torch.channels_last)
+    measure(run, row, "diffusers", "channels_last", lambda: lambda: theirs.decode(z).sample)
+    del theirs  # freed before minidiff's copy is built
+    ours = run.minidiff_copy("vae")
     measure(run, row, "minidiff", "eager", lambda: lambda: ours.decode(z))
-    for model in (ours, theirs):
-        model.to(memory_format=torch.channels_last)
+    ours.to(memory_format=torch.channels_last)
     measure(run, row, "minidiff", "channels_last", lambda: lambda: ours.decode(z))
     if run.cuda:
         measure(run, row, "minidiff", "channels_last + graph", captured(ours.decode, z), graph=True)
-    measure(run, row, "diffusers", "channels_last", lambda: lambda: d_decode(z))
     return [row]
 
 
@@ -197,14 +202,16 @@ def text_to_image_rows(run):
     """A whole ``config.full_steps``-step guided run at ``config.full_size`` pixels: diffusers as loaded against
     minidiff's fast path (fused q/k/v; channels-last and one CUDA graph per guided step on the GPU)."""
     steps, size = run.config.full_steps, run.config.full_size
-    ours, theirs = run.pairs("text", "unet", "vae")
     ids, noise = run.token_ids(), run.randn(1, 4, size // 8, size // 8)
     row = run.new_row(f"text-to-image {steps} steps {size}px")
     refs = run.references
     row.extra.update(inputs=(ids, noise), reference=diffusers_text_to_image(
         refs["text"], refs["unet"], refs["vae"], ids, noise.float(), steps))
+    theirs = {name: run.reference_copy(name) for name in NETWORKS}
     measure(run, row, "diffusers", "eager", lambda: lambda: diffusers_text_to_image(
         theirs["text"], theirs["unet"], theirs["vae"], ids, noise, steps))
+    del theirs  # freed before minidiff's copies are built
+    ours = {name: run.minidiff_copy(name) for name in NETWORKS}
     layout = torch.channels_last if run.cuda else torch.contiguous_format
     optimize_unet(ours["unet"], channels_last=False)
     for model in (ours["unet"], ours["vae"]):
@@ -230,12 +237,14 @@ def minidiff_run(run, ours, ids, noise, steps, unet=None):
 @torch.no_grad()
 def text_encoder_rows(run):
     """The text encoder on (2, 77) token ids: an empty prompt and a random one."""
-    ours, theirs = run.pair("text")
     ids = run.token_ids()
     row = run.new_row("text encoder")
     row.extra["reference"] = run.references["text"](ids).last_hidden_state
-    for library, model in (("diffusers", theirs), ("minidiff", ours)):
-        measure(run, row, library, "eager", lambda model=model: lambda: model(ids).last_hidden_state)
+    theirs = run.reference_copy("text")
+    measure(run, row, "diffusers", "eager", lambda: lambda: theirs(ids).last_hidden_state)
+    del theirs  # freed before minidiff's copy is built
+    ours = run.minidiff_copy("text")
+    measure(run, row, "minidiff", "eager", lambda: lambda: ours(ids).last_hidden_state)
     if run.cuda:
         measure(run, row, "minidiff", "graph", captured(lambda ids: ours(ids).last_hidden_state, ids), graph=True)
     return [row]
@@ -244,8 +253,10 @@ def text_encoder_rows(run):
 @torch.no_grad()
 def compile_variants(run, unet_rows, full_rows):
     """torch.compile for the libraries in ``config.compile``, on the fastest setting of each (channels-last;
-    minidiff also fused and in a graph), at the compile case's U-Net row and in the whole run's row."""
-    ours, theirs = run.pairs("text", "unet", "vae")
+    minidiff also fused and in a graph), at the compile case's U-Net row and in the whole run's row. On the GPU
+    only, where both libraries' copies fit beside each other."""
+    ours = {name: run.minidiff_copy(name) for name in NETWORKS}
+    theirs = {name: run.reference_copy(name) for name in NETWORKS}
     optimize_unet(ours["unet"])  # fused q/k/v and channels-last, as in the rows' fast variants
     ours["vae"].to(memory_format=torch.channels_last)
     theirs["unet"].to(memory_format=torch.channels_last)
