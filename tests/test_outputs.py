@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
+from test_cli import picture, run  # noqa: F401 (the CLI tests' fixture and runner)
 from tiny_pipeline import tiny_model
 
 from minidiff import cli
@@ -21,25 +22,7 @@ ONE_THREAD = True  # tiny networks: run this module on one CPU thread (tests/con
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model().path
-
-
-@pytest.fixture
-def picture(tmp_path):
-    """A 32x24 PNG with a dark rectangle (Canny edges for control) and a mask of its right half."""
-    pixels = np.full((24, 32, 3), 230, np.uint8)
-    pixels[6:18, 8:24] = (200, 30, 30)
-    mask = np.zeros((24, 32), np.uint8)
-    mask[:, 16:] = 255
-    Image.fromarray(pixels).save(tmp_path / "in.png")
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    return tmp_path / "in.png", tmp_path / "mask.png"
-
-
-def run(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return tiny_model().path  # a Path: the hash test reads the U-Net's files in it
 
 
 def generate(model, *options):

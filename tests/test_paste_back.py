@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli import model, picture, run  # noqa: F401 (the CLI tests' fixtures)
 from tiny_pipeline import tiny_model
 
 from minidiff import cli
@@ -56,29 +57,6 @@ def test_a_hole_on_the_pictures_border_is_generated_up_to_the_border():
     out = paste_back_outpainting(generated, original, right=8)
     assert torch.equal(out[..., 16:], generated[..., 16:])
     assert torch.equal(out[..., : 16 - REACH - 1], original[..., : 16 - REACH - 1])
-
-
-@pytest.fixture(scope="module")
-def model():
-    return str(tiny_model().path)
-
-
-@pytest.fixture
-def picture(tmp_path):
-    """A 32x24 PNG with a dark rectangle, and a mask of its right half."""
-    pixels = np.full((24, 32, 3), 230, np.uint8)
-    pixels[6:18, 8:24] = (200, 30, 30)
-    mask = np.zeros((24, 32), np.uint8)
-    mask[:, 16:] = 255
-    Image.fromarray(pixels).save(tmp_path / "in.png")
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    return tmp_path / "in.png", tmp_path / "mask.png"
-
-
-def run(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def pixels(path):
