@@ -27,9 +27,9 @@ TOLERANCE = 0.10  # absolute difference in an "all right" rate, about two standa
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def runs():
-    """(label, sampler, karras) for every sampler and its Karras variant."""
-    for name in SAMPLER_NAMES:
+def runs(names=SAMPLER_NAMES):
+    """(label, sampler, karras) for every sampler of NAMES and its Karras variant."""
+    for name in names:
         yield name, name, False
         if name in KARRAS_SAMPLERS:
             yield f"{name} karras", name, True
@@ -55,6 +55,8 @@ def main():
     parser.add_argument("--samples", type=int, default=120)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="the step counts to try")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLER_NAMES), choices=SAMPLER_NAMES,
+                        help="the samplers to measure")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler-steps"))
     args = parser.parse_args()
 
@@ -62,7 +64,7 @@ def main():
     prompts = make_prompts(args.samples)
     texts = [p for _, p in prompts]
     curves, started = {}, time.time()
-    for label, sampler, karras in runs():
+    for label, sampler, karras in runs(args.samplers):
         curve = {}
         for steps in args.steps:
             generators = [torch.Generator().manual_seed(i) for i in range(len(texts))]  # sample i: seed i
@@ -73,7 +75,13 @@ def main():
             print(f"{label:<16} {steps:>3} steps: single {curve[steps][0]:.0%}, pair {curve[steps][1]:.0%} "
                   f"({time.time() - started:.0f} s)", flush=True)
         curves[label] = curve
+        lines = write(curves, args)  # after every sampler, so that a run cut short keeps what it measured
+    print("\n".join(lines))
+    plot(curves, args.steps, Path(args.out).with_suffix(".png"))
 
+
+def write(curves, args):
+    """Write OUT.json and OUT.txt for the samplers measured so far; returns the table's lines."""
     fewest = {label: fewest_steps(curve) for label, curve in curves.items()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +98,7 @@ def main():
         cells = "".join(f"{round(100 * curve[n][0]):>6}/{round(100 * curve[n][1]):<4}" for n in args.steps)
         lines.append(f"{label:<16}{cells}   {fewest[label]}")
     out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    plot(curves, args.steps, out.with_suffix(".png"))
+    return lines
 
 
 def plot(curves, steps, path):

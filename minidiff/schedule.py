@@ -67,24 +67,31 @@ def _broadcast(values, like):
     return values.reshape(values.shape + (1,) * (like.ndim - values.ndim)) if values.ndim else values
 
 
-def x0_from_output(model_output, x_t, alpha_bar, prediction_type):
-    """Predicted clean sample x_0 from the network output, given ᾱ_t (a scalar or values broadcastable to x_t):
-    ``x0_from_scaled_output`` with α = sqrt(ᾱ), σ = sqrt(1 - ᾱ)."""
-    return x0_from_scaled_output(model_output, x_t, alpha_bar**0.5, (1 - alpha_bar) ** 0.5, prediction_type)
+def denoised_from_output(model_output, x, prediction_type, sigma, alpha=None):
+    """The clean sample x_0 the network's output implies: the package's one conversion (σ, α scalars or broadcastable).
 
-
-def x0_from_scaled_output(model_output, x_t, alpha, sigma, prediction_type):
-    """Predicted x_0 for a latent x_t = α x_0 + σ ε, from the network output (α, σ scalars or broadcastable).
-
-    epsilon: x_0 = (x_t - σ ε) / α;   v_prediction: x_0 = α x_t - σ v (α² + σ² = 1);   sample: the output itself.
+    With ``alpha`` (the ᾱ-form latent x = α x_0 + σ ε, α² + σ² = 1; the network saw x itself):
+        epsilon: x_0 = (x - σ ε) / α;      v_prediction: x_0 = α x - σ v;       sample: x_0 itself.
+    Without (the σ-form latent x = x_0 + σ ε of k-diffusion; the network saw x / sqrt(σ² + 1)):
+        epsilon: x_0 = x - σ ε;   v_prediction: x_0 = x / (σ² + 1) - σ v / sqrt(σ² + 1);   sample: x_0 itself.
+    Each is written with the operations of the diffusers schedulers of that family, so the numbers agree.
     """
-    if prediction_type == "epsilon":
-        return (x_t - sigma * model_output) / alpha
-    if prediction_type == "v_prediction":
-        return alpha * x_t - sigma * model_output
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
     if prediction_type == "sample":
         return model_output
-    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}")
+    if alpha is None:
+        if prediction_type == "epsilon":
+            return x - sigma * model_output
+        return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
+    if prediction_type == "epsilon":
+        return (x - sigma * model_output) / alpha
+    return alpha * x - sigma * model_output
+
+
+def x0_from_output(model_output, x_t, alpha_bar, prediction_type):
+    """``denoised_from_output`` for the latent x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε, given ᾱ_t."""
+    return denoised_from_output(model_output, x_t, prediction_type, (1 - alpha_bar) ** 0.5, alpha_bar**0.5)
 
 
 def eps_from_output(model_output, x_t, alpha_bar, prediction_type):

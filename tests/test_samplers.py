@@ -15,17 +15,10 @@ import torch
 from test_scheduler_config import SD15_SCHEDULER_FILE
 
 from minidiff.cli import main
-from minidiff.samplers import KARRAS_SAMPLERS, SAMPLER_NAMES, SchedulerConfig, make_sampler
+from minidiff.samplers import KARRAS_SAMPLERS, SAMPLER_NAMES, SAMPLERS, SchedulerConfig, make_sampler
 
-DIFFUSERS_CLASSES = {
-    "ddpm": diffusers.DDPMScheduler,
-    "ddim": diffusers.DDIMScheduler,
-    "euler": diffusers.EulerDiscreteScheduler,
-    "euler_a": diffusers.EulerAncestralDiscreteScheduler,
-    "heun": diffusers.HeunDiscreteScheduler,
-    "lms": diffusers.LMSDiscreteScheduler,
-    "dpmpp_2m": diffusers.DPMSolverMultistepScheduler,
-}
+# every sampler's diffusers twin, read from the sampler table (a new sampler is compared as soon as it is listed)
+DIFFUSERS_CLASSES = {name: getattr(diffusers, sampler.diffusers_class) for name, sampler in SAMPLERS.items()}
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5, torch.float16: 0.0, torch.bfloat16: 0.0}
 SPACINGS = ("leading", "trailing", "linspace")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -79,7 +72,7 @@ def run_diffusers(name, d, steps, x0, noise, seed, strength=1.0, eta=0.0, mask=N
         x = noise * scheduler.init_noise_sigma
     generator = torch.Generator().manual_seed(seed)
     kwargs = {"eta": eta} if name == "ddim" else {}
-    if name in ("ddpm", "ddim", "euler", "euler_a"):
+    if SAMPLERS[name].stochastic or name == "ddim":
         kwargs["generator"] = generator
     latents = []
     for i, t in enumerate(timesteps):
@@ -164,7 +157,7 @@ def test_timesteps_equal_diffusers_for_zero_snr_and_cosine_schedules(name, overr
         sampler = make_sampler(name, SchedulerConfig.from_dict(d), steps)
         assert torch.equal(sampler.timesteps, ref.timesteps)
         assert sampler.init_noise_sigma == float(ref.init_noise_sigma)
-        if hasattr(sampler, "all_sigmas"):
+        if sampler.all_sigmas is not None:
             assert torch.equal(sampler.all_sigmas, ref.sigmas)
 
 
@@ -316,7 +309,7 @@ def test_sd15_scheduler_config_loads_and_drives_every_sampler_like_diffusers(tmp
         (lambda c: make_sampler("euler", c, 10, strength=0.0), "(0, 1]"),
         (lambda c: make_sampler("euler", c, 10, strength=1.5), "(0, 1]"),
         (lambda c: make_sampler("euler", c, 10, strength=0.05), "no step to run"),
-        (lambda c: make_sampler("ddim", c, 10, karras=True), "euler, heun, lms, dpmpp_2m"),
+        (lambda c: make_sampler("ddim", c, 10, karras=True), "karras sigmas are available for dpmpp_2m, euler, heun, lms"),
         (lambda c: make_sampler("euler", c, 10, eta=0.5), "only to the ddim"),
         (lambda c: make_sampler("euler", c, 10).add_noise(torch.zeros(1), torch.zeros(1), 10), "0..9"),
         (lambda c: SchedulerConfig(timestep_spacing="even"), "'leading', 'trailing', 'linspace'"),
@@ -324,7 +317,8 @@ def test_sd15_scheduler_config_loads_and_drives_every_sampler_like_diffusers(tmp
         (lambda c: SchedulerConfig(beta_schedule="sigmoid"), "'linear', 'scaled_linear', 'squaredcos_cap_v2'"),
         (lambda c: SchedulerConfig(algorithm_type="sde-dpmsolver++"), "'dpmsolver++'"),
         (lambda c: SchedulerConfig.from_dict({"thresholding": True}), "thresholding=True is not supported"),
-        (lambda c: SchedulerConfig.from_dict({"use_exponential_sigmas": True}), "use False"),
+        (lambda c: SchedulerConfig.from_dict({"use_lu_lambdas": True}), "use False"),
+        (lambda c: SchedulerConfig(use_karras_sigmas=True, use_beta_sigmas=True), "keep one"),
         (lambda c: SchedulerConfig.from_json("/nonexistent"), "scheduler_config.json"),
         (lambda c: make_sampler("heun", SchedulerConfig(rescale_betas_zero_snr=True), 10), "euler_a"),
     ],

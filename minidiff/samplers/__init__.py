@@ -48,15 +48,17 @@ SAMPLERS = {
     "dpmpp_2m": DPMPP2MSampler,
 }
 SAMPLER_NAMES = tuple(SAMPLERS)
-KARRAS_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if sampler.supports_karras)
+KARRAS_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if "karras" in sampler.spacings)
 
 
-def make_sampler(name, config, steps, karras=None, eta=0.0, strength=1.0):
-    """Build sampler ``name`` for ``steps`` steps. karras=None uses ``config.use_karras_sigmas`` where it applies;
-    eta is DDIM's noise scale; strength in (0, 1] runs only the last int(steps * strength) steps (img2img)."""
+def make_sampler(name, config, steps, karras=None, eta=0.0, strength=1.0, sigmas=None):
+    """Build sampler ``name`` for ``steps`` steps. sigmas: a σ spacing ("karras", "exponential", "beta") or None for
+    the config's (``use_karras_sigmas``, ...) where the sampler offers it; karras=True is sigmas="karras" and
+    karras=False turns the config's spacing off; eta is DDIM's noise scale; strength in (0, 1] runs only the last
+    int(steps * strength) steps (img2img)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
-    return SAMPLERS[name](config, steps, karras=karras, eta=eta, strength=strength)
+    return SAMPLERS[name](config, steps, karras=karras, eta=eta, strength=strength, sigmas=sigmas)
 
 
 __all__ = ["KARRAS_SAMPLERS", "SAMPLER_NAMES", "Sampler", "SchedulerConfig", "make_sampler", "randn"]

@@ -39,8 +39,6 @@ _UNSUPPORTED = {
     "thresholding": (False,),
     "variance_type": (None, "fixed_small"),
     "timestep_type": ("discrete",),
-    "use_exponential_sigmas": (False,),
-    "use_beta_sigmas": (False,),
     "use_lu_lambdas": (False,),
     "use_flow_sigmas": (False,),
     "use_dynamic_shifting": (False,),
@@ -67,7 +65,9 @@ class SchedulerConfig:
     set_alpha_to_one: bool = False  # ddim: the step after the last one is ᾱ = 1 (else ᾱ_0)
     rescale_betas_zero_snr: bool = False  # rescale betas so the last timestep has SNR 0 (SD 2.1 v-models)
     interpolation_type: str = "linear"  # euler: σ interpolated linearly between training timesteps
-    use_karras_sigmas: bool = False  # default for make_sampler(karras=None)
+    use_karras_sigmas: bool = False  # default σ spacings for make_sampler(sigmas=None), where the sampler has them
+    use_exponential_sigmas: bool = False
+    use_beta_sigmas: bool = False
     solver_order: int = 2  # dpmpp_2m: only the second-order multistep solver
     algorithm_type: str = "dpmsolver++"  # dpmpp_2m: the data-prediction form of DPM-Solver
     solver_type: str = "midpoint"
@@ -76,6 +76,9 @@ class SchedulerConfig:
     final_sigmas_type: str = "zero"  # euler, dpmpp_2m: the last σ is 0 ("zero") or σ_0 ("sigma_min")
 
     def __post_init__(self):
+        asked = [name for name in ("karras", "exponential", "beta") if getattr(self, f"use_{name}_sigmas")]
+        if len(asked) > 1:
+            raise ValueError(f"the scheduler config sets {' and '.join(f'use_{n}_sigmas' for n in asked)}; keep one")
         for name, valid in _CHOICES.items():
             value = getattr(self, name)
             if value not in valid and not (name == "timestep_spacing" and value is None):

@@ -13,7 +13,8 @@ import torch
 
 from ..schedule import eps_from_output, x0_from_output
 from ..noise import randn
-from .base import Sampler, spaced_timesteps
+from .base import Sampler
+from .steps import discrete_plan
 
 
 class DDIMSampler(Sampler):
@@ -21,8 +22,10 @@ class DDIMSampler(Sampler):
     name = "ddim"
     diffusers_class = "DDIMScheduler"
 
-    def make_schedule(self):
-        self.all_timesteps = torch.from_numpy(spaced_timesteps(self.config, self.steps).round().astype("int64"))
+    stochastic = False  # eta > 0 draws noise
+
+    def plan(self):
+        return discrete_plan(self.config, self.steps)
 
     def sample(self, model_fn, x, generator=None, callback=None):
         """x: (B, C, H, W) noise; returns the sampled x_0. With eta > 0, noise is drawn after every step."""

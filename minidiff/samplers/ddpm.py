@@ -13,7 +13,8 @@ import torch
 
 from ..schedule import x0_from_output
 from ..noise import randn
-from .base import Sampler, spaced_timesteps
+from .base import Sampler
+from .steps import discrete_plan
 
 
 class DDPMSampler(Sampler):
@@ -21,8 +22,10 @@ class DDPMSampler(Sampler):
     name = "ddpm"
     diffusers_class = "DDPMScheduler"
 
-    def make_schedule(self):
-        self.all_timesteps = torch.from_numpy(spaced_timesteps(self.config, self.steps).round().astype("int64"))
+    stochastic = True
+
+    def plan(self):
+        return discrete_plan(self.config, self.steps)
 
     def sample(self, model_fn, x, generator=None, callback=None):
         """x: (B, C, H, W) noise; returns the sampled x_0. Noise is drawn after each step with t > 0."""

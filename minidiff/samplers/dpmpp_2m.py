@@ -12,64 +12,23 @@ The first step has no previous x_0; the last step is first order too when ``fina
 with ``euler_at_final``, or with ``lower_order_final`` and fewer than 15 steps (all as in diffusers).
 """
 
-import numpy as np
 import torch
 
-from ..schedule import x0_from_scaled_output
-from .base import Sampler, karras_sigmas, sigma_to_t
-
-
-def dpm_timesteps(config, steps):
-    """DPM-Solver's spacing: linspace and leading place steps + 1 points and drop the last. (steps,) float64."""
-    T = config.num_train_timesteps
-    if config.timestep_spacing == "linspace":
-        return np.linspace(0, T - 1, steps + 1).round()[::-1][:-1]
-    if config.timestep_spacing == "leading":
-        return (np.arange(steps + 1) * (T // (steps + 1))).round()[::-1][:-1] + config.steps_offset
-    return np.arange(T, 0, -T / steps).round() - 1
-
-
-def alpha_sigma(sigma):
-    """(α, s) of the ᾱ-form latent at σ-space noise level σ: α = 1 / sqrt(σ² + 1), s = σ α."""
-    alpha = 1 / (sigma**2 + 1) ** 0.5
-    return alpha, sigma * alpha
+from ..schedule import denoised_from_output
+from .base import Sampler, alpha_sigma
+from .steps import SIGMA_SPACINGS, solver_plan
 
 
 class DPMPP2MSampler(Sampler):
     name = "dpmpp_2m"
     diffusers_class = "DPMSolverMultistepScheduler"
-    supports_karras = True
+    spacings = SIGMA_SPACINGS
+    latent = "alpha_sigma"
 
-    def make_schedule(self):
-        alphas_cumprod = self.schedule.alphas_cumprod
-        if self.config.rescale_betas_zero_snr:
-            alphas_cumprod[-1] = 2**-24  # as diffusers: keeps the last σ finite (≈ 4096) when ᾱ_{T-1} = 0
-        train_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).numpy()  # (T,) float32
-        timesteps = dpm_timesteps(self.config, self.steps)
-        if self.karras:  # from the smallest to the largest training σ
-            sigmas = karras_sigmas(train_sigmas[0].item(), train_sigmas[-1].item(), self.steps)
-            timesteps = sigma_to_t(sigmas, np.log(train_sigmas))
-            if self.config.beta_schedule != "squaredcos_cap_v2":
-                timesteps = timesteps.round()
-        else:
-            sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
-        final = train_sigmas[0] if self.config.final_sigmas_type == "sigma_min" else 0.0
-        self.all_sigmas = torch.from_numpy(np.append(sigmas, final).astype(np.float32))  # (steps + 1,)
-        self.all_timesteps = torch.from_numpy(timesteps.astype(np.int64))  # (steps,)
-
-    @property
-    def sigmas(self):
-        """The σ before each call and the final one, from the img2img start. (calls + 1,) float32."""
-        return self.all_sigmas[self.begin_index :]
-
-    def sigma_at(self, step_index):
-        return self.sigmas[step_index]
-
-    def add_noise(self, x0, noise, step_index=0):
-        """Noise clean x0 (B, C, H, W) to the level before call ``step_index``: α x0 + s ε."""
-        self._check_step_index(step_index)
-        alpha, s = alpha_sigma(self.sigma_at(step_index).to(x0.device, x0.dtype))
-        return alpha * x0 + s * noise
+    def plan(self):
+        # diffusers quirk: Karras timesteps are rounded except under the cosine schedule
+        return solver_plan(self.config, self.steps, self.spacing, self.schedule, self.config.final_sigmas_type,
+                           round_karras=self.config.beta_schedule != "squaredcos_cap_v2")
 
     def first_order_at_end(self, step):
         """Whether the last step of the schedule (index ``step``) falls back to first order."""
@@ -88,7 +47,7 @@ class DPMPP2MSampler(Sampler):
             h = (torch.log(alpha_next) - torch.log(s_next)) - (torch.log(alpha) - torch.log(s))  # λ' - λ
 
             model_output = model_fn(x, t)
-            x0 = x0_from_scaled_output(model_output, x, alpha, s, self.config.prediction_type)
+            x0 = denoised_from_output(model_output, x, self.config.prediction_type, s, alpha)
             x = x.float()  # diffusers takes this step in float32 (see "Precision" in base.py)
 
             if x0_prev is None or self.first_order_at_end(self.begin_index + i):

@@ -4,19 +4,18 @@
     dx/dσ = (x - x_0(x, σ)) / σ          x_{i+1} = x_i + (σ_{i+1} - σ_i) · dx/dσ
 """
 
-from .base import SigmaSampler, denoised_from_output, to_d
+from ..schedule import denoised_from_output
+from .base import SigmaSampler, to_d
+from .steps import SIGMA_SPACINGS, k_diffusion_plan
 
 
 class EulerSampler(SigmaSampler):
     name = "euler"
     diffusers_class = "EulerDiscreteScheduler"
-    supports_karras = True
+    spacings = SIGMA_SPACINGS
 
-    def final_sigma(self):
-        """The σ after the last step: 0, or σ of training step 0 with ``final_sigmas_type="sigma_min"``."""
-        if self.config.final_sigmas_type == "sigma_min":
-            return self.train_sigmas()[0]
-        return 0.0
+    def plan(self):
+        return k_diffusion_plan(self.config, self.steps, self.spacing, self.schedule, self.config.final_sigmas_type)
 
     def sample(self, model_fn, x, generator=None, callback=None):
         """x: (B, C, H, W) noise of std ``init_noise_sigma``; returns the sampled x_0. Deterministic."""
@@ -25,7 +24,7 @@ class EulerSampler(SigmaSampler):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             model_output = model_fn(self.scale_input(x, sigma), t)
             x = x.float()  # diffusers takes this step in float32 (see "Precision" in base.py)
-            denoised = denoised_from_output(model_output, x, sigma, self.config.prediction_type)
+            denoised = denoised_from_output(model_output, x, self.config.prediction_type, sigma)
             x = (x + to_d(x, sigma, denoised) * (sigma_next - sigma)).to(model_output.dtype)
             x = self.report(callback, i, t, x, denoised)
         return x

@@ -6,7 +6,9 @@ standard deviation σ_up is added. Because fresh noise enters at every step, res
 """
 
 from ..noise import randn
-from .base import SigmaSampler, denoised_from_output, to_d
+from ..schedule import denoised_from_output
+from .base import SigmaSampler, to_d
+from .steps import k_diffusion_plan
 
 
 def get_ancestral_step(sigma_from, sigma_to):
@@ -19,6 +21,10 @@ def get_ancestral_step(sigma_from, sigma_to):
 class EulerAncestralSampler(SigmaSampler):
     name = "euler_a"
     diffusers_class = "EulerAncestralDiscreteScheduler"
+    stochastic = True
+
+    def plan(self):
+        return k_diffusion_plan(self.config, self.steps, None, self.schedule)
 
     def sample(self, model_fn, x, generator=None, callback=None):
         """x: (B, C, H, W) noise of std ``init_noise_sigma``; returns the sampled x_0. Draws noise every step."""
@@ -27,7 +33,7 @@ class EulerAncestralSampler(SigmaSampler):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
             model_output = model_fn(self.scale_input(x, sigma), t)
             x = x.float()  # diffusers takes this step in float32 (see "Precision" in base.py)
-            denoised = denoised_from_output(model_output, x, sigma, self.config.prediction_type)
+            denoised = denoised_from_output(model_output, x, self.config.prediction_type, sigma)
             sigma_down, sigma_up = get_ancestral_step(sigma, sigma_next)
             x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
             # drawn even on the last step (σ_up = 0) so the generator advances as in diffusers

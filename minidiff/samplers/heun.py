@@ -11,30 +11,25 @@ has one entry per call: t_0, t_1, t_1, t_2, t_2, ..., t_{n-1}, t_{n-1}, and the 
 
 import torch
 
-from .base import SigmaSampler, denoised_from_output, to_d
+from ..schedule import denoised_from_output
+from .base import SigmaSampler, to_d
+from .steps import SIGMA_SPACINGS, Plan, k_diffusion_plan
 
 
 class HeunSampler(SigmaSampler):
     name = "heun"
     diffusers_class = "HeunDiscreteScheduler"
-    supports_karras = True
+    spacings = SIGMA_SPACINGS
     order = 2
     supports_zero_snr = False
 
-    def make_schedule(self):
-        super().make_schedule()
-        # one entry per network call: every timestep after the first is visited twice
-        ts = self.all_timesteps
-        self.all_timesteps = torch.cat([ts[:1], ts[1:].repeat_interleave(2)])  # (2 steps - 1,)
-
-    @property
-    def sigmas(self):
-        """The σ of each step from the img2img start, and the final 0: (steps run + 1,) float32."""
-        return self.all_sigmas[self.begin_index // 2 :]
-
-    def sigma_at(self, step_index):
-        """Call k of the timesteps list runs at σ_{(k+1)//2}: predictor and corrector alternate."""
-        return self.sigmas[(step_index + 1) // 2]
+    def plan(self):
+        """One entry per network call: every timestep after the first is visited twice (predictor, corrector), and
+        call k runs at σ_{(k+1)//2}."""
+        plan = k_diffusion_plan(self.config, self.steps, self.spacing, self.schedule)
+        ts, sigmas = plan.timesteps, plan.sigmas
+        return Plan(torch.cat([ts[:1], ts[1:].repeat_interleave(2)]), sigmas,  # (2 steps - 1,)
+                    torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2)]))
 
     def sample(self, model_fn, x, generator=None, callback=None):
         """x: (B, C, H, W) noise of std ``init_noise_sigma``; returns the sampled x_0. Deterministic."""
@@ -42,7 +37,7 @@ class HeunSampler(SigmaSampler):
         prediction_type, clip = self.config.prediction_type, self.config.clip_sample
 
         def denoise(x, sigma, t):
-            denoised = denoised_from_output(model_fn(self.scale_input(x, sigma), t), x, sigma, prediction_type)
+            denoised = denoised_from_output(model_fn(self.scale_input(x, sigma), t), x, prediction_type, sigma)
             return denoised.clamp(-self.config.clip_sample_range, self.config.clip_sample_range) if clip else denoised
 
         call = 0

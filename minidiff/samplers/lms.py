@@ -12,7 +12,9 @@ where ℓ_j is the Lagrange basis polynomial on the nodes σ_i, σ_{i-1}, ... th
 import numpy as np
 import torch
 
-from .base import SigmaSampler, denoised_from_output, to_d
+from ..schedule import denoised_from_output
+from .base import SigmaSampler, to_d
+from .steps import SIGMA_SPACINGS, k_diffusion_plan
 
 # The 21-point Gauss–Kronrod rule on [-1, 1] (the first rule of scipy.integrate.quad): nodes >= 0 and weights.
 _KRONROD_X = [0.0, 0.14887433898163121, 0.29439286270146020, 0.43339539412924719, 0.56275713466860468,
@@ -44,9 +46,12 @@ def lms_coefficient(sigmas, i, j, order):
 class LMSSampler(SigmaSampler):
     name = "lms"
     diffusers_class = "LMSDiscreteScheduler"
-    supports_karras = True
+    spacings = SIGMA_SPACINGS
     max_order = 4
     supports_zero_snr = False
+
+    def plan(self):
+        return k_diffusion_plan(self.config, self.steps, self.spacing, self.schedule)
 
     def sample(self, model_fn, x, generator=None, callback=None):
         """x: (B, C, H, W) noise of std ``init_noise_sigma``; returns the sampled x_0. Deterministic."""
@@ -55,10 +60,10 @@ class LMSSampler(SigmaSampler):
         for i, t in enumerate(self.timesteps):
             sigma = sigmas[i]
             model_output = model_fn(self.scale_input(x, sigma), t)
-            denoised = denoised_from_output(model_output, x, sigma, self.config.prediction_type)
+            denoised = denoised_from_output(model_output, x, self.config.prediction_type, sigma)
             slopes = (slopes + [to_d(x, sigma, denoised)])[-self.max_order :]
-            # diffusers counts the order from the position in the whole schedule, so after an img2img start the
-            # first steps use high-order coefficients for the few slopes there are; we do the same
+            # diffusers quirk: the order counts from the position in the whole schedule, so after an img2img
+            # start the first steps use high-order coefficients for the few slopes there are
             step = self.begin_index + i
             order = min(step + 1, self.max_order)
             coeffs = [lms_coefficient(self.all_sigmas, step, j, order) for j in range(order)]
