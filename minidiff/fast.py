@@ -28,7 +28,7 @@ from torch import nn
 
 from minidiff.models.attention import attention
 from minidiff.models.transformer import CrossAttention
-from minidiff.pipelines.guidance import classifier_free_guidance
+from minidiff.pipelines.guidance import classifier_free_guidance, guidance_condition, uses_classifier_free_guidance
 
 
 class FusedCrossAttention(CrossAttention):
@@ -155,24 +155,27 @@ class GuidedStep(CUDAGraphStep):
     x: (B, C, h, w) latents, any float dtype (cast to the U-Net's as they are copied in); t: a number or a 0-d
     tensor. The context (2B, T, D), [unconditional; conditional], is a static buffer: ``set_context`` swaps in a
     new prompt's without capturing again. With guidance_scale <= 1, the context is (B, T, D) and the step is
-    the plain U-Net call. Returns (B, C, h, w) in the U-Net's dtype.
+    the plain U-Net call; so it is for an LCM's U-Net, which gets the scale as its timestep_cond instead
+    (``minidiff/pipelines/guidance.py``). Returns (B, C, h, w) in the U-Net's dtype.
     """
 
     def __init__(self, unet, latents_shape, context, guidance_scale, compile=False, warmup=3):
         device, dtype = context.device, unet.dtype
         self.context = context.to(dtype).clone()
-        self.guided = guidance_scale > 1
+        self.guided = uses_classifier_free_guidance(unet, guidance_scale)
+        self.condition = guidance_condition(unet, guidance_scale, latents_shape[0])  # (B, D) for an LCM, else None
         batch = latents_shape[0] * (2 if self.guided else 1)
         if self.context.shape[0] != batch:
             raise ValueError(
-                f"context has batch {self.context.shape[0]}, expected {batch}: with guidance_scale > 1 give "
-                f"[unconditional; conditional] hidden states for each of the {latents_shape[0]} latents"
+                f"context has batch {self.context.shape[0]}, expected {batch}: with classifier-free guidance "
+                f"(guidance_scale > 1, not an LCM's U-Net) give [unconditional; conditional] hidden states for each "
+                f"of the {latents_shape[0]} latents, else one per latent"
             )
         net = torch.compile(unet) if compile else unet
 
         def guided_eps(x, t):
             x_in = torch.cat([x] * 2) if self.guided else x  # (2B, C, h, w)
-            out = net(x_in, t, self.context)
+            out = net(x_in, t, self.context, timestep_cond=self.condition)
             if not self.guided:
                 return out
             return classifier_free_guidance(*out.chunk(2), guidance_scale)  # (B, C, h, w)

@@ -8,6 +8,8 @@ result is printed once, with "-" for what was not measured. No timing is asserte
 read by people (benchmarks/README.md).
 """
 
+import json
+import math
 import time
 import weakref
 
@@ -15,6 +17,7 @@ import pytest
 import torch
 from diffusers.utils import logging as diffusers_logging
 
+from minidiff.tools.bench.report import Measurement, Row, write_json
 from minidiff.tools.bench.run import BenchConfig, run_benchmark
 from minidiff.tools.bench.timing import benchmark_settings
 from minidiff.tools.bench.workloads import DtypeRun, measure
@@ -118,3 +121,21 @@ def test_each_workload_holds_one_librarys_models_at_a_time_and_prints_each_resul
                      if line.split()[: len(words)] == words and line.split()[len(words)] != "+"]
             assert len(lines) == 1, lines
     assert "nan" not in out.lower() and "peak MB: not measured on the CPU" in out
+
+
+def test_the_json_report_is_strict_json_with_null_where_a_number_does_not_apply(tmp_path):
+    """diffusers' own eager run has no error against diffusers; a failed variant has no time at all."""
+    row = Row("unet", "float16", extra={"tflop": 1.5, "kernel_ms": math.nan})
+    row.measurements = [Measurement("diffusers", "eager", ms=2.0, min_ms=1.9, rel_err_fp32=1e-3, setup_s=0.0),
+                        Measurement("minidiff", "graph", error="out of memory")]
+    write_json([row], {"load_average_at_start": (0.5, math.inf, 1.0)}, BenchConfig(device="cpu"), tmp_path / "r.json")
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    report = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
+    diffusers, failed = report["rows"][0]["measurements"]
+    assert diffusers["ms"] == 2.0 and diffusers["rel_err_vs_diffusers"] is None and diffusers["peak_mb"] is None
+    assert failed["ms"] is None and failed["min_ms"] is None and failed["error"] == "out of memory"
+    assert report["rows"][0]["extra"] == {"tflop": 1.5, "kernel_ms": None}
+    assert report["environment"]["load_average_at_start"] == [0.5, None, 1.0]

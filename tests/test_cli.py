@@ -58,8 +58,10 @@ def test_generate_writes_exactly_the_pipelines_pixels_into_a_new_folder(model, t
     code, stdout, _ = run(["generate", "a red circle", "--model", model, "--width", 32, "--height", 24,
                            "--negative", "blue", "--out", out, *FAST], capsys)
     assert code == 0 and f"wrote {out} (seed 0)" in stdout
+    # the folder has no settings file and its scheduler file names PNDMScheduler, so generate runs pndm, as diffusers
     expected = StableDiffusion.from_pretrained(model).text_to_image(
-        "a red circle", negative_prompt="blue", width=32, height=24, steps=2, seed=0, progress=False).to_pil()[0]
+        "a red circle", negative_prompt="blue", width=32, height=24, steps=2, seed=0, sampler="pndm",
+        progress=False).to_pil()[0]
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
 
 
@@ -166,7 +168,7 @@ def test_a_truncated_prompt_warns_in_one_line(model, tmp_path, capsys):
 
 
 def test_sampler_choices_are_minidiffs_samplers():
-    assert pipeline_options.SAMPLERS == SAMPLER_NAMES
+    assert set(pipeline_options.SAMPLERS) == set(SAMPLER_NAMES)  # read from minidiff.sampler_names, without torch
 
 
 def test_help_lists_every_command(capsys):
@@ -213,7 +215,8 @@ def test_generate_uses_the_models_karras_setting_unless_told_otherwise_as_diffus
                                                                                          tmp_path, capsys):
     out = tmp_path / "picture.png"
     code, _, _ = run(["generate", "a red circle", "--model", karras_model, "--width", 32, "--height", 32,
-                      "--out", out, "--steps", 3, "--seed", 0, *flag], capsys)  # (2 Karras σ's are the plain ones)
+                      "--out", out, "--steps", 3, "--seed", 0, "--sampler", "euler", *flag], capsys)  # (2 Karras σ's
+    # are the plain ones)
     pipe = tiny_pipeline.reference_pipeline(karras_model, "text_to_image", "euler")  # Euler from the model's file
     if flag:
         pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=karras)
@@ -228,4 +231,14 @@ def test_schedule_uses_the_configs_karras_setting_unless_told_otherwise(karras_m
     for flag, karras in (([], True), (["--no-karras"], False)):
         code, stdout, _ = run(["schedule", "--sampler", "euler", "--steps", 3, "--config", karras_model / "scheduler",
                                *flag], capsys)
-        assert code == 0 and f"karras={karras}" in stdout.splitlines()[0]
+        assert code == 0 and f"σ spacing {'karras' if karras else 'as interpolated'}," in stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_schedule_refuses_in_one_line_a_leading_schedule_that_starts_past_the_last_training_timestep(sampler, capsys):
+    code, stdout, err = run(["schedule", "--sampler", sampler, "--steps", 1000], capsys)  # leading + steps_offset 1
+    assert code == 1 and not stdout
+    assert err.splitlines()[0].startswith("error: 1000 steps with leading spacing and steps_offset 1 start at timestep "
+                                          "1000, past the last training timestep 999: use 999 steps or fewer")
+    code, stdout, _ = run(["schedule", "--sampler", sampler, "--steps", 999], capsys)
+    assert code == 0 and stdout.splitlines()[2].split()[:2] == ["0", "999"]  # the first call at the last timestep

@@ -61,8 +61,8 @@ def test_a_models_settings_file_gives_the_defaults_and_the_command_line_wins(tin
 
 
 def test_a_folder_without_a_settings_file_gets_stable_diffusions_usual_settings():
-    args = parse(["generate", "x", "--model", tiny_model().path])
-    assert pipeline_options.chosen(args) == ("euler", 25, 7.5) and pipeline_options.output_size(args) == (None, None)
+    args = parse(["generate", "x", "--model", tiny_model().path])  # its scheduler file names PNDMScheduler, as SD 1.5's
+    assert pipeline_options.chosen(args) == ("pndm", 25, 7.5) and pipeline_options.output_size(args) == (None, None)
 
 
 def test_the_bundled_model_named_by_its_path_or_a_copy_gets_the_same_settings_as_without_model(tmp_path):
@@ -73,10 +73,30 @@ def test_the_bundled_model_named_by_its_path_or_a_copy_gets_the_same_settings_as
     assert options == [(("euler_a", 20, 5.0), (128, 128))] * 3
 
 
-def test_the_bundled_settings_file_holds_evaluates_defaults_and_the_known_lms_limit():
+def test_the_bundled_settings_file_is_what_train_export_writes_with_the_measured_best_and_the_lms_limit():
+    from minidiff.train import bundled as recipe
+
+    assert json.loads((ROOT / "weights" / model_settings.SETTINGS_FILE).read_text()) == recipe.SETTINGS
     bundled = model_settings.read_settings(ROOT / "weights")
-    assert dict(sampler=bundled.sampler, steps=bundled.steps, cfg=bundled.cfg) == pipeline_options.BUNDLED_DEFAULTS
+    assert (bundled.sampler, bundled.steps, bundled.cfg) == ("euler_a", 20, 5.0)  # weights/README.md measured these
+    assert (bundled.width, bundled.height) == (recipe.IMAGE_SIZE,) * 2
     assert bundled.min_steps["lms"] > bundled.steps and bundled.vocabulary == "shapes"
+
+
+def test_evaluate_takes_its_defaults_from_the_models_settings_file_and_the_command_line_wins(
+        tiny_with_settings, tmp_path, monkeypatch, capsys):
+    from minidiff.tools import evaluate as tool
+
+    asked = []  # (sampler, steps, cfg) of each evaluation, which is not run
+    monkeypatch.setattr(tool, "evaluate", lambda model, samples, seed, sampler, steps, cfg, *rest, **kwargs:
+                        asked.append((sampler, steps, cfg)) or ({}, []))
+    monkeypatch.setattr(tool, "format_table", lambda report: "")
+    given = ["--sampler", "euler", "--steps", 7, "--cfg", 1]
+    for model in ([], ["--model", tiny_with_settings], ["--model", tiny_with_settings, *given],
+                  ["--model", tiny_model().path]):
+        code, _, err = run(["evaluate", *model, "--device", "cpu", "--json", tmp_path / "report.json"], capsys)
+        assert code == 0, err
+    assert asked == [("euler_a", 20, 5.0), ("ddim", 2, 3), ("euler", 7, 1.0), ("pndm", 25, 7.5)]
 
 
 def test_a_copy_of_a_model_folder_draws_what_the_original_draws(tiny_with_settings, tmp_path, capsys):
@@ -217,8 +237,8 @@ def test_help_shows_every_default_and_never_none(capsys):
     assert "how much to change it, in (0, 1] (default: 0.75)" in helps["img2img"]
     assert "the model's native size" in helps["generate"] and "(default: the model's settings file, else 25)" in \
         helps["generate"]
-    assert "some need more steps than others: a model's settings file lists the fewest each needs with it " \
-           "(min_steps)" in helps["generate"]
+    assert "Some need more steps than others: a model's settings file lists the fewest each needs with it " \
+           "(min_steps;" in helps["generate"]
     control = helps["control"]
     assert all(f"{text} (default: {value})" in control for text, value in (
         ("strength of the ControlNet's guidance", "1.0"), ("Canny's low threshold (0-255 scale)", "100"),
@@ -233,3 +253,27 @@ def test_the_image_commands_options_are_read_without_importing_torch():
              "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("scheduler, expected", [
+    ({"_class_name": "PNDMScheduler", "skip_prk_steps": True}, "pndm"),  # Stable Diffusion 1.5's folder
+    ({"_class_name": "EulerDiscreteScheduler"}, "euler"),
+    ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"}, "dpmpp_2m_sde"),
+    ({"_class_name": "SomeOtherScheduler"}, "euler"),
+])
+def test_a_folder_without_settings_uses_the_sampler_its_scheduler_file_names(scheduler, expected, tmp_path):
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    assert model_settings.read_settings(tmp_path).sampler == expected
+    with_settings(tmp_path, steps=3)  # a settings file without a sampler: the scheduler's still
+    assert model_settings.read_settings(tmp_path).sampler == expected
+    with_settings(tmp_path, sampler="ddim")
+    assert model_settings.read_settings(tmp_path).sampler == "ddim"
+
+
+def test_a_karras_sampler_name_with_sigmas_option_is_refused_with_karras_flag(tiny_with_settings):
+    args = parse(["generate", "x", "--model", tiny_with_settings, "--sampler", "DPM++ 2M Karras"])
+    assert pipeline_options.chosen(args)[0] == "dpmpp_2m karras"
+    args = parse(["generate", "x", "--model", tiny_with_settings, "--sigmas", "beta", "--karras"])
+    with pytest.raises(ValueError, match="--sigmas and --karras/--no-karras both choose"):
+        pipeline_options.chosen(args)

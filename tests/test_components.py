@@ -5,6 +5,7 @@ import dataclasses
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import diffusers
 import pytest
@@ -14,6 +15,7 @@ import transformers
 import tiny_pipeline
 from test_scheduler_config import SD15_SCHEDULER_FILE
 from minidiff import cli
+from minidiff.commands import model_settings
 from minidiff.loading import CheckpointError, load_components, save_components, save_single_file
 from minidiff.loading import components as components_module
 from minidiff.loading.components import Components, skip_random_init
@@ -28,6 +30,7 @@ from minidiff.samplers import SchedulerConfig
 from minidiff.tools.verify import SCHEDULERS
 
 NETWORKS = ("text_encoder", "vae", "unet", "controlnet")
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"  # the bundled model, with a settings file
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +146,33 @@ def test_dtype_and_fp16_variant(folder, reference, tmp_path):
 
 def copy_of(folder, tmp_path):
     return shutil.copytree(folder, tmp_path / "copy")
+
+
+def settings_in(folder):
+    """The JSON object of ``folder``'s minidiff_settings.json, or None when it has none."""
+    path = Path(folder) / components_module.SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def test_a_saved_model_carries_its_settings_file_and_a_model_without_one_writes_none(folder, tmp_path):
+    assert components_module.SETTINGS_FILE == model_settings.SETTINGS_FILE  # the one file, named in two places
+    bundled = load_components(WEIGHTS, dtype=torch.float16)
+    assert bundled.settings == settings_in(WEIGHTS) and bundled.settings["sampler"] == "euler_a"
+    save_components(bundled, tmp_path / "bundled-copy")
+    assert settings_in(tmp_path / "bundled-copy") == settings_in(WEIGHTS)
+    assert model_settings.read_settings(tmp_path / "bundled-copy") == model_settings.read_settings(WEIGHTS)
+
+    plain = load_components(folder)
+    assert plain.settings is None
+    save_components(plain, tmp_path / "plain-copy")
+    assert not (tmp_path / "plain-copy" / components_module.SETTINGS_FILE).exists()
+
+
+def test_a_settings_file_that_is_not_a_json_object_is_an_error_naming_it(folder, tmp_path):
+    broken = copy_of(folder, tmp_path)
+    (broken / components_module.SETTINGS_FILE).write_text('["euler_a", 20]')
+    with pytest.raises(CheckpointError, match=rf"{broken / components_module.SETTINGS_FILE}: expected a JSON object"):
+        load_components(broken)
 
 
 def test_missing_paths_and_files_are_clear_errors(folder, tmp_path):
@@ -347,6 +377,18 @@ def test_convert_without_controlnet_writes_the_rest_as_a_single_file_or_folder(f
     assert_same_weights(loaded, {name: reference[name] for name in ("text_encoder", "vae", "unet")})
     code, _ = convert(folder, tmp_path / "x", "--without-controlnet", monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0 and (tmp_path / "x" / "unet").is_dir() and not (tmp_path / "x" / "controlnet").exists()
+
+
+def test_convert_keeps_a_folders_settings_file_in_a_new_folder_and_says_a_single_file_has_no_room(
+        folder, tmp_path, monkeypatch, capsys):
+    source = copy_of(folder, tmp_path)
+    settings = {"sampler": "ddim", "steps": 2, "cfg": 3.0, "width": 32, "height": 32, "min_steps": {"lms": 30}}
+    (source / components_module.SETTINGS_FILE).write_text(json.dumps(settings))
+    code, out = convert(source, tmp_path / "half", "--dtype", "float16", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0 and settings_in(tmp_path / "half") == settings and "minidiff_settings.json" not in out.out
+    code, out = convert(source, tmp_path / "x.safetensors", "--without-controlnet", monkeypatch=monkeypatch,
+                        capsys=capsys)
+    assert code == 0 and f"note: a single file has no room for {source}'s minidiff_settings.json" in out.out
 
 
 def test_convert_refuses_a_small_vocabulary_model_as_a_single_file_in_one_line(tmp_path, monkeypatch, capsys):

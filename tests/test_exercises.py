@@ -32,7 +32,7 @@ def run(name, path):
 
 def test_every_exercise_has_a_stub_a_solution_and_a_lesson_name():
     assert {"add_noise", "ddim_step", "cross_attention", "classifier_free_guidance", "zero_convolution",
-            "euler_step"} <= set(EXERCISES)
+            "euler_step", "plms_step"} <= set(EXERCISES)
     for name in EXERCISES:
         assert (ROOT / "lessons" / "exercises" / f"{name}.py").is_file(), name
         assert (ROOT / "lessons" / "solutions" / f"{name}.py").is_file(), name
@@ -90,6 +90,12 @@ MISTAKES = {
         def euler_step(x, denoised, sigma, sigma_next):
             return x + (sigma - sigma_next) * (x - denoised) / sigma
         """, "(σ_next - σ) d"),
+    "plms_step": ("""
+        def plms_step(x, eps_history, alpha_bar, alpha_bar_prev):
+            a, a_prev = alpha_bar, alpha_bar_prev
+            denominator = a * (1 - a_prev).sqrt() + (a * (1 - a) * a_prev).sqrt()
+            return (a_prev / a).sqrt() * x - (a_prev - a) * eps_history[0] / denominator
+        """, "that is a DDIM step"),
     "cross_attention": ("""
         def cross_attention(x, context, w_q, w_k, w_v, w_out, b_out, heads):
             B, T, _ = x.shape

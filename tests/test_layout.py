@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "minidiff"
-LEARNERS_PATH = ("noise", "schedule", "samplers", "models", "loading", "pipelines", "images", "canny")
+LEARNERS_PATH = ("atomic", "sampler_names", "noise", "schedule", "brownian", "samplers", "models", "loading", "pipelines", "images", "canny")
 ABOVE_OR_BESIDE = ("tools", "course", "commands", "cli", "check", "train", "fast", "data")
 # Files allowed past MAX_LINES, each because one concept needs the room.
 MAX_LINES = 300

@@ -241,6 +241,7 @@ def test_export_writes_a_folder_that_minidiff_transformers_and_diffusers_load(st
     bundled.export(folder, tokenizer, stages["clip"].text_model, stages["vae"], stages["unet"],
                    stages["controlnet"], stages["clip"])
     loaded = load_components(folder)
+    assert loaded.settings is None  # export was given none: the folder has no minidiff_settings.json
     for name in ("unet", "vae", "text_encoder", "controlnet"):
         ours = dict(text_encoder=stages["clip"].text_model).get(name, stages.get(name))
         for (k, a), b in zip(ours.state_dict().items(), getattr(loaded, name).state_dict().values()):
@@ -275,6 +276,25 @@ def test_import_of_the_bundled_folder_resumes_at_its_steps_and_exports_it_unchan
         a, b = read_safetensors(weights / f), read_safetensors(tmp_path / "again" / f)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
     assert json.loads((tmp_path / "again" / "training.json").read_text())["steps"] == steps
+
+
+def test_export_writes_the_imported_models_settings_file_else_the_recipes(tmp_path):
+    from pathlib import Path
+
+    from minidiff.loading.components import SETTINGS_FILE
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    run = tmp_path / "run"
+    bundled.import_folder(weights, run)
+    assert json.loads((run / SETTINGS_FILE).read_text()) == json.loads((weights / SETTINGS_FILE).read_text())
+    edited = {**bundled.SETTINGS, "sampler": "dpmpp_2m", "steps": 12}  # as if the imported folder had said so
+    (run / SETTINGS_FILE).write_text(json.dumps(edited))
+    bundled.export_checkpoints(str(run), str(tmp_path / "imported"))
+    assert json.loads((tmp_path / "imported" / SETTINGS_FILE).read_text()) == edited
+
+    (run / SETTINGS_FILE).unlink()  # trained here from scratch: the recipe's settings
+    bundled.export_checkpoints(str(run), str(tmp_path / "fresh"))
+    assert json.loads((tmp_path / "fresh" / SETTINGS_FILE).read_text()) == bundled.SETTINGS
 
 
 def test_a_stage_without_the_stages_it_builds_on_names_the_commands_that_make_them(tmp_path, capsys):

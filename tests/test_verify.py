@@ -21,7 +21,7 @@ from tiny_pipeline import tiny_model
 from minidiff import cli
 from minidiff.tools import verify
 from minidiff.loading import load_components, save_single_file
-from minidiff.samplers import KARRAS_SAMPLERS, SAMPLER_NAMES
+from minidiff.samplers import KARRAS_SAMPLERS, SAMPLER_NAMES, SAMPLERS
 
 SAMPLER_ROWS = [*SAMPLER_NAMES, *(f"{name} karras" for name in KARRAS_SAMPLERS)]
 ONE_THREAD = True  # tiny networks: run this module on one CPU thread (tests/conftest.py)
@@ -94,7 +94,7 @@ def test_verify_passes_on_a_diffusers_folder_with_every_sampler_and_the_controln
     out, err = capfd.readouterr()
     assert_only_the_report(out, err)
     table = rows(out)
-    assert code == 0 and "all 17 checks passed" in out
+    assert code == 0 and f"all {len(SAMPLER_ROWS) + 6} checks passed" in out
     expected = ["tokenizer (ids)", "text encoder", "unet", "vae encode", "vae decode", "controlnet", *SAMPLER_ROWS]
     assert sorted(table) == sorted(expected)
     assert all(max_rel <= 1e-5 for _, max_rel, _ in table.values())
@@ -102,7 +102,7 @@ def test_verify_passes_on_a_diffusers_folder_with_every_sampler_and_the_controln
 
 def test_verify_runs_inpainting_for_a_9_channel_unet(capsys):
     code = cli.main(["verify", str(tiny_model().inpaint_path), "--steps", "2"])
-    assert code == 0 and "all 16 checks passed" in capsys.readouterr().out
+    assert code == 0 and f"all {len(SAMPLER_ROWS) + 5} checks passed" in capsys.readouterr().out
 
 
 def test_verify_passes_on_a_single_file(loud_reference_libraries, tmp_path, capfd):
@@ -113,7 +113,7 @@ def test_verify_passes_on_a_single_file(loud_reference_libraries, tmp_path, capf
     code = cli.main(["verify", str(tmp_path / "tiny.safetensors"), "--steps", "2"])
     out, err = capfd.readouterr()
     assert_only_the_report(out, err)
-    assert code == 0 and "all 16 checks passed" in out
+    assert code == 0 and f"all {len(SAMPLER_ROWS) + 5} checks passed" in out
 
 
 def test_verify_fails_when_one_weight_is_wrong(capsys, monkeypatch):
@@ -137,7 +137,7 @@ def test_verify_passes_every_row_on_a_scheduler_file_without_timestep_spacing(sc
     folder = tiny_model_with_scheduler(tmp_path / "model", lambda path: write_json(path, scheduler_file))
     code = cli.main(["verify", str(folder), "--steps", "2"])
     out = capsys.readouterr().out
-    assert code == 0 and "all 16 checks passed" in out
+    assert code == 0 and f"all {len(SAMPLER_ROWS) + 5} checks passed" in out
     assert sorted(rows(out)) == sorted(["tokenizer (ids)", "text encoder", "unet", "vae encode", "vae decode",
                                         *SAMPLER_ROWS])
 
@@ -150,9 +150,11 @@ def test_verify_skips_heun_and_lms_on_a_zero_snr_checkpoint_and_passes_every_oth
     code = cli.main(["verify", str(folder), "--steps", "2"])
     out = capsys.readouterr().out
     table = table_rows(out)
-    skipped = ["heun", "heun karras", "lms", "lms karras"]
-    assert code == 0 and f"all 12 checks passed; 4 skipped ({', '.join(skipped)})" in out
-    assert sorted(name for name, row in table.items() if row[3].startswith("skipped")) == skipped
+    skipped = [row for row, name, _ in verify.sampler_runs() if not SAMPLERS[name].supports_zero_snr]
+    assert {"heun", "heun karras", "lms", "lms karras"} <= set(skipped)
+    ran = len(SAMPLER_ROWS) + 5 - len(skipped)
+    assert code == 0 and f"all {ran} checks passed; {len(skipped)} skipped ({', '.join(skipped)})" in out
+    assert sorted(name for name, row in table.items() if row[3].startswith("skipped")) == sorted(skipped)
     assert table["heun"] == (None, None, None,
                              "skipped: diffusers' HeunDiscreteScheduler has no rescale_betas_zero_snr option")
     assert all(table[name][3] == "pass" for name in table if name not in skipped)

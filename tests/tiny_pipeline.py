@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from minidiff.models.tokenizer import CLIPTokenizer, find_openclip_vocab, load_openclip_bpe
+from minidiff.samplers import SAMPLERS
 
 UNET = dict(block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=32, cross_attention_dim=64,
             attention_head_dim=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -110,15 +111,7 @@ PIPELINES = {
     "inpaint": "StableDiffusionInpaintPipeline",
     "control": "StableDiffusionControlNetPipeline",
 }
-SCHEDULERS = {
-    "ddpm": "DDPMScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler",
-}
+SCHEDULERS = {name: sampler.diffusers_class for name, sampler in SAMPLERS.items()}  # read from the sampler table
 
 
 @lru_cache(maxsize=None)
@@ -150,7 +143,8 @@ def reference_pipeline(path, task, sampler="euler", karras=False, dtype=torch.fl
         parts.pop("controlnet", None)
     config = diffusers.PNDMScheduler.load_config(Path(path) / "scheduler")
     scheduler_class = getattr(diffusers, SCHEDULERS[sampler])
-    parts["scheduler"] = scheduler_class.from_config(config, **({"use_karras_sigmas": True} if karras else {}))
+    parts["scheduler"] = scheduler_class.from_config(config, **({"use_karras_sigmas": True} if karras else {}),
+                                                     **SAMPLERS[sampler].diffusers_options)
     pipe = getattr(diffusers, PIPELINES[task])(**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe

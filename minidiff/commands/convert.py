@@ -8,7 +8,8 @@
     python -m minidiff convert sd15-canny/ sd15.safetensors --without-controlnet     # a single file holds none
 
 A single file holds no tokenizer either: it is read back with CLIP's, so a model with another vocabulary (the
-bundled one's) stays a folder, and convert refuses before writing anything.
+bundled one's) stays a folder, and convert refuses before writing anything. A folder's minidiff_settings.json (its
+recommended sampler, steps, guidance and size) goes with it into a new folder; a single file has no room for it.
 
 Every tensor passes the same strict checks as when a pipeline loads it, and minidiff writes only safetensors,
 so converting a trusted pickle once lets every later run avoid pickle.
@@ -66,4 +67,7 @@ def run(args):
     if to == "single" and prediction_type != "epsilon":
         print(f"note: a single file cannot record that the model predicts {prediction_type}; "
               f"load it with --prediction-type {prediction_type}")
+    if to == "single" and components.settings is not None:
+        print(f"note: a single file has no room for {args.src}'s minidiff_settings.json; pass its values as "
+              f"--sampler, --steps, --cfg, --width and --height when you use {dst}")
     return 0

@@ -12,6 +12,8 @@ import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from minidiff import sampler_names
+
 SETTINGS_FILE = "minidiff_settings.json"
 VOCABULARIES = ("shapes",)  # "shapes": the caption language of minidiff/data/captions.py (the bundled model)
 
@@ -20,7 +22,9 @@ VOCABULARIES = ("shapes",)  # "shapes": the caption language of minidiff/data/ca
 class ModelSettings:
     """The fields of ``minidiff_settings.json``, each optional (a missing one keeps the default shown):
 
-    sampler     "euler"  the sampler a run uses without --sampler (one of minidiff.samplers.SAMPLER_NAMES)
+    sampler     "euler"  the sampler a run uses without --sampler (one of minidiff.samplers.SAMPLER_NAMES); without
+                         it, the sampler of the scheduler class the model's scheduler_config.json names (SD 1.5's
+                         PNDMScheduler: pndm, as diffusers), else euler
     steps       25       sampler steps without --steps
     cfg         7.5      classifier-free guidance scale without --cfg
     width       null     the picture width the model was trained at, in pixels (a multiple of 8); it is also
@@ -47,7 +51,7 @@ def read_settings(model):
     """
     path = Path(model).resolve() / SETTINGS_FILE
     if not path.is_file():
-        return ModelSettings()
+        return ModelSettings(**scheduler_sampler(model))
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -58,11 +62,25 @@ def read_settings(model):
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"{path} has unknown fields {', '.join(unknown)}; the fields are {', '.join(known)}")
-    settings = ModelSettings(**values)
+    settings = ModelSettings(**{**scheduler_sampler(model), **values})
     problem = settings_problem(settings)
     if problem:
         raise ValueError(f"{path}: {problem}")
     return settings
+
+
+def scheduler_sampler(model):
+    """{"sampler": name} for the sampler that is the scheduler class the model folder's scheduler_config.json
+    names (diffusers' pipelines run that class), or {} where there is none or minidiff has no such sampler."""
+    path = Path(model) / "scheduler" / "scheduler_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # no readable scheduler file: loading the model reports a broken one
+    from minidiff.samplers import default_sampler_for
+
+    name = default_sampler_for(config.get("_class_name"), config) if isinstance(config, dict) else None
+    return {"sampler": name} if name else {}
 
 
 def settings_problem(settings):
@@ -93,7 +111,8 @@ def settings_problem(settings):
 
 def warn_about_steps(settings, sampler, steps):
     """Warn when ``steps`` is below the model's ``min_steps`` for ``sampler``."""
-    fewest = settings.min_steps.get(sampler)
+    name, spacing, _ = sampler_names.resolve(sampler)
+    fewest = settings.min_steps.get(f"{name} {spacing}" if spacing else name, settings.min_steps.get(name))
     if fewest is not None and steps < fewest:
         warnings.warn(f"{sampler} needs at least {fewest} steps with this model (its {SETTINGS_FILE} says so), got "
                       f"{steps}: pass --steps {fewest} or more, or another --sampler")

@@ -25,9 +25,9 @@ import math
 import random
 from pathlib import Path
 
+from minidiff.sampler_names import a1111_name
+
 PARAMETERS = "parameters"  # the PNG text chunk's key, as A1111 names it
-A1111_SAMPLERS = {"ddpm": "DDPM", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "heun": "Heun",
-                  "lms": "LMS", "dpmpp_2m": "DPM++ 2M"}  # minidiff's sampler names -> A1111's
 RANDOM_SEED = -1  # --seed -1: a new random seed, as in A1111
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes seeds below this
 CAPTION_HEIGHT = 14  # pixels below each picture of a contact sheet, for its seed
@@ -91,10 +91,12 @@ def run_fields(args, options, scheduler_config, model):
     are filled in for each picture."""
     from minidiff.samplers import make_sampler
 
-    sampler = options["sampler"]
-    fields = {"Steps": options["steps"], "Sampler": A1111_SAMPLERS[sampler]}
-    if make_sampler(sampler, scheduler_config, options["steps"], karras=options["karras"], eta=options["eta"]).karras:
-        fields["Schedule type"] = "Karras"  # the σ's the run's sampler took (--karras, else the model's setting)
+    run = make_sampler(options["sampler"], scheduler_config, options["steps"], karras=options["karras"],
+                       eta=options["eta"])
+    sampler = run.name
+    fields = {"Steps": options["steps"], "Sampler": a1111_name(sampler)}
+    if run.spacing:  # the σ's the run's sampler took (--karras/--sigmas, else the model's setting)
+        fields["Schedule type"] = run.spacing.capitalize()
     fields.update({"CFG scale": options["guidance_scale"], "Seed": None, "Size": None,
                    "Model hash": model_hash(model, args.allow_pickle), "Model": model_name(model)})
     if getattr(args, "strength", None) is not None:  # img2img, inpaint, outpaint

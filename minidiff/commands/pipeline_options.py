@@ -13,9 +13,11 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from minidiff import sampler_names
 from minidiff.commands import model_settings
 
-SAMPLERS = ("ddpm", "ddim", "euler", "euler_a", "heun", "lms", "dpmpp_2m")  # minidiff.samplers.SAMPLER_NAMES
+SAMPLERS = tuple(sampler_names.NAMES)  # minidiff.samplers.SAMPLER_NAMES, read without importing torch
+SIGMA_SPACINGS = sampler_names.SPACING_SUFFIXES
 DTYPES = ("float32", "float16", "bfloat16")
 # The bundled model: the folder named by $MINIDIFF_WEIGHTS, else the repository's weights/ beside this package, which
 # is there when minidiff runs from its checkout (python -m minidiff, or after pip install -e .). A plain
@@ -23,9 +25,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 WEIGHTS_VARIABLE = "MINIDIFF_WEIGHTS"
 BUNDLED_MODEL = Path(os.environ.get(WEIGHTS_VARIABLE) or Path(__file__).resolve().parents[2] / "weights")
 # Sampling defaults when an option is not given come from the model folder's minidiff_settings.json
-# (commands/model_settings.py). The bundled model's (weights/minidiff_settings.json) were chosen by measuring prompt
-# adherence with `python -m minidiff evaluate`, whose defaults these are (weights/README.md has the numbers).
-BUNDLED_DEFAULTS = dict(sampler="euler_a", steps=20, cfg=5.0)
+# (commands/model_settings.py), for generate and the other image commands as for evaluate. The bundled model's
+# (weights/minidiff_settings.json) were chosen by measuring prompt adherence with `python -m minidiff evaluate`
+# (weights/README.md has the numbers); `train export` writes them (SETTINGS in minidiff/train/bundled.py).
 DEVICES = "cpu, cuda, cuda:N (the N-th GPU) or mps"
 
 
@@ -45,12 +47,18 @@ def add_arguments(parser, size=True):
     parser.add_argument("--negative", default=None, help="what to steer away from (default: nothing)")
     parser.add_argument("--steps", type=int, default=None,
                         help="number of sampler steps (default: the model's settings file, else 25)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=None,
-                        help="the sampler (default: the model's settings file, else euler); some need more steps "
-                             "than others: a model's settings file lists the fewest each needs with it (min_steps)")
+    parser.add_argument("--sampler", type=sampler_name, default=None,
+                        help="the sampler: one of " + ", ".join(SAMPLERS) + ", or its A1111/ComfyUI name "
+                             "(\"DPM++ 2M Karras\", \"Euler a\"; `schedule --list` shows them); default: the "
+                             "model's settings file, else euler. Some need more steps than others: a model's settings "
+                             "file lists the fewest each needs with it (min_steps; the bundled model's are in "
+                             "weights/README.md)")
     parser.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
-                        help="Karras noise levels on or off (euler, heun, lms, dpmpp_2m; default: the model's "
+                        help="Karras noise levels on or off (the samplers that have them; default: the model's "
                              "use_karras_sigmas, as in diffusers)")
+    parser.add_argument("--sigmas", choices=SIGMA_SPACINGS, default=None,
+                        help="the σ spacing: karras, exponential or beta (default: the sampler name's, else the "
+                             "model's use_*_sigmas)")
     parser.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic, 1 as noisy as ddpm")
     parser.add_argument("--cfg", type=guidance_scale, default=None,
                         help="classifier-free guidance scale, 1 = off (default: the model's settings file, else 7.5)")
@@ -85,6 +93,15 @@ def pixels(text):
     if int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text}")
     return int(text)
+
+
+def sampler_name(text):
+    """argparse type of --sampler: any spelling ``sampler_names.resolve`` knows, as "name" or "name spacing"."""
+    try:
+        name, spacing, _ = sampler_names.resolve(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"unknown sampler {text!r}; ")) from None
+    return text if sampler_names.WITH_SETTINGS.get(text) else f"{name} {spacing}" if spacing else name
 
 
 def guidance_scale(text):
@@ -167,10 +184,15 @@ def settings(args):
 
 
 def chosen(args):
-    """(sampler, steps, cfg): the options given, else the model's settings."""
+    """(sampler, steps, cfg): the options given, else the model's settings; --sigmas joins the sampler's name."""
     defaults = settings(args)
-    return tuple(getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
-                 for k in ("sampler", "steps", "cfg"))
+    sampler, steps, cfg = (getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
+                           for k in ("sampler", "steps", "cfg"))
+    if getattr(args, "sigmas", None):
+        if args.karras is not None:
+            raise ValueError("--sigmas and --karras/--no-karras both choose the σ spacing; give one of them")
+        sampler = f"{sampler_names.resolve(sampler)[0]} {args.sigmas}"
+    return sampler, steps, cfg
 
 
 def load_pipeline(args):

@@ -2,7 +2,7 @@
 
     harness.py      the exercise record, loading a learner's function, running it, comparing, the command line
     forward.py      lesson 1: add_noise
-    samplers.py     lesson 3: ddim_step, euler_step
+    samplers.py     lesson 3: ddim_step, euler_step, plms_step
     unet.py         lesson 6: cross_attention
     guidance.py     lesson 7: classifier_free_guidance
     controlnet.py   lesson 10: zero_convolution

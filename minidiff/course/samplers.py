@@ -1,4 +1,4 @@
-"""Lesson 3's checkers: one step of DDIM and of Euler, against minidiff's samplers.
+"""Lesson 3's checkers: one step of DDIM, of Euler and of PLMS, against minidiff's samplers.
 
 Each step of the learner's update is compared with the same step of minidiff's sampler, run with a fixed made-up
 network so that every step sees different, non-trivial inputs.
@@ -95,6 +95,51 @@ def check_euler_step(fn):
                 "x + (σ_next - σ) (x - denoised): the slope is divided by σ": x_before + (sigma_next - sigma) * d * sigma,
                 "x + (σ_next - σ) (denoised - x) / σ: the slope points from the clean image to x, (x - denoised) / σ":
                     x_before - (sigma_next - sigma) * d,
+            })
+            count += 1
+    return count
+
+
+@exercise("plms_step", "03-samplers", "one PLMS (PNDM) step: four ε's combined, then the transfer of eq. (9)")
+def check_plms_step(fn):
+    hint = ("ε' = (55 ε_0 - 59 ε_1 + 37 ε_2 - 9 ε_3) / 24 with ε_0 the newest, then x' = sqrt(ᾱ'/ᾱ) x - (ᾱ' - ᾱ) ε' / "
+            "(ᾱ sqrt(1 - ᾱ') + sqrt(ᾱ (1 - ᾱ) ᾱ')).")
+    settings = [  # Stable Diffusion's files skip the Runge–Kutta warm-up: PLMS from the first step
+        ("Stable Diffusion's schedule, 10 steps", SchedulerConfig(skip_prk_steps=True), 10, (2, 4, 8, 8)),
+        ("ᾱ = 1 after the last step, 7 steps", SchedulerConfig(skip_prk_steps=True, set_alpha_to_one=True), 7,
+         (1, 3, 6, 6)),
+        ("linear betas, 8 steps", SchedulerConfig(skip_prk_steps=True, beta_schedule="linear", beta_start=1e-4,
+                                                  beta_end=0.02), 8, (3, 2, 5)),
+    ]
+    count = 0
+    for seed, (label, config, steps, shape) in enumerate(settings):
+        sampler = make_sampler("pndm", config, steps)
+        alphas_cumprod = sampler.schedule.alphas_cumprod
+        final = torch.tensor(1.0) if config.set_alpha_to_one else alphas_cumprod[0]
+        x = randn(torch.Generator().manual_seed(seed), *shape)
+        history = []  # every call's ε but the warm-up's second (call 1, a correction at the same step), newest last
+        for i, step in enumerate(record_run(sampler, x)):
+            if i != 1:
+                history.append(step["output"])
+            if len(history) < 4 or i < 4:
+                continue  # the first steps use fewer ε's: the exercise is the four-term step
+            t = int(step["t"])
+            t_prev = t - config.num_train_timesteps // steps
+            ab, ab_prev = alphas_cumprod[t], (alphas_cumprod[t_prev] if t_prev >= 0 else final)
+            case = (f"{label}, call {i + 1} (t = {t} -> {t_prev if t_prev >= 0 else 'the end'}, ᾱ = {float(ab):.4g}, "
+                    f"ᾱ' = {float(ab_prev):.4g}), x of shape {shape}")
+            eps = [e.clone() for e in history[::-1][:4]]
+            got = call(fn, case, step["x_before"].clone(), eps, ab.clone(), ab_prev.clone())
+            x_t, e = step["x_before"], eps
+            denominator = ab * (1 - ab_prev).sqrt() + (ab * (1 - ab) * ab_prev).sqrt()
+            transfer = lambda eps_: (ab_prev / ab).sqrt() * x_t - (ab_prev - ab) * eps_ / denominator  # noqa: E731
+            compare(got, step["x_after"], case, hint, mistakes={
+                "only the newest ε: that is a DDIM step; PLMS combines the last four":
+                    transfer(e[0]),
+                "the coefficients in the wrong order: 55 belongs to the newest ε, ε_0 (eps_history[0])":
+                    transfer((55 * e[3] - 59 * e[2] + 37 * e[1] - 9 * e[0]) / 24),
+                "the mean of the four ε's: the Adams–Bashforth weights are 55, -59, 37, -9 over 24":
+                    transfer(sum(e) / 4),
             })
             count += 1
     return count

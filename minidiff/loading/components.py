@@ -10,6 +10,8 @@ Two layouts exist on disk:
     unet/           config.json, diffusion_pytorch_model.safetensors   standard vocabulary.
     scheduler/      scheduler_config.json
     controlnet/     (optional) config.json, diffusion_pytorch_model.safetensors
+    minidiff_settings.json   (optional) the model's recommended sampler, steps, guidance, size (see
+                             minidiff/commands/model_settings.py), kept as it is and written back on saving
 
 A network's weights may also be split into shards with an index (``diffusion_pytorch_model-00001-of-00002.safetensors``,
 ..., ``diffusion_pytorch_model.safetensors.index.json``), as diffusers writes large networks.
@@ -51,11 +53,15 @@ NETWORKS = {
 PAD_TOKEN = {"sd1": EOS, "sd2": "!"}
 # A single file carries no tokenizer: it is read with CLIP's (49,408 tokens), so its text encoder must have as many.
 CLIP_VOCAB_SIZE = CLIPTextConfig.vocab_size
+# A model folder's recommended settings. commands/model_settings.py reads and checks them, under the same name (it
+# keeps its own copy of the name, so that the command line's options are read without importing torch).
+SETTINGS_FILE = "minidiff_settings.json"
 
 
 @dataclass
 class Components:
-    """Everything a pipeline needs; ``source`` is the file or folder it came from."""
+    """Everything a pipeline needs; ``source`` is the file or folder it came from; ``settings``: the JSON object of
+    its folder's minidiff_settings.json, which saving writes back (None: there is none, as in a single file)."""
 
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
@@ -64,6 +70,7 @@ class Components:
     scheduler_config: SchedulerConfig
     controlnet: ControlNetModel | None = None
     source: str = ""
+    settings: dict | None = None
 
 
 # The random fills skip_random_init leaves undone. torch.nn.init's normal_, uniform_ and kaiming_uniform_ reach a
@@ -172,6 +179,7 @@ def load_folder(folder, dtype, device, allow_pickle, variant, prediction_type):
         scheduler_config = SchedulerConfig.from_json(folder / "scheduler")
     except (FileNotFoundError, ValueError) as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
+    settings = read_json(folder / SETTINGS_FILE) if (folder / SETTINGS_FILE).is_file() else None
     networks = {
         name: load_network_folder(folder / name, name, dtype, device, allow_pickle, variant)
         for name in NETWORKS
@@ -179,7 +187,7 @@ def load_folder(folder, dtype, device, allow_pickle, variant, prediction_type):
     }
     if prediction_type is not None:
         scheduler_config = dataclasses.replace(scheduler_config, prediction_type=prediction_type)
-    return Components(tokenizer, scheduler_config=scheduler_config, source=str(folder), **networks)
+    return Components(tokenizer, scheduler_config=scheduler_config, source=str(folder), settings=settings, **networks)
 
 
 def load_single_file(path, dtype, device, allow_pickle, prediction_type):

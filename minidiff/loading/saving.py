@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from minidiff.atomic import atomic_folder
-from minidiff.loading.components import CLIP_VOCAB_SIZE, NETWORKS
+from minidiff.loading.components import CLIP_VOCAB_SIZE, NETWORKS, SETTINGS_FILE
 from minidiff.loading.safetensors_file import write_safetensors, write_sharded_safetensors
 from minidiff.loading.single_file import join_original_checkpoint
 
@@ -24,8 +24,9 @@ def scheduler_json(scheduler_config):
 
 
 def write_model_folder_configs(components, folder):
-    """Everything of a diffusers model folder but the weights: model_index.json, tokenizer/, scheduler/ and each
-    network's config.json, written into the existing ``folder``."""
+    """Everything of a diffusers model folder but the weights: model_index.json, tokenizer/, scheduler/, each
+    network's config.json and, when ``components.settings`` holds them, minidiff_settings.json, written into the
+    existing ``folder``."""
     index = {
         "_class_name": "StableDiffusionControlNetPipeline" if components.controlnet else "StableDiffusionPipeline",
         "feature_extractor": [None, None],
@@ -45,6 +46,8 @@ def write_model_folder_configs(components, folder):
             (folder / name).mkdir()
             (folder / name / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    if components.settings is not None:  # so that the copy draws with the original's sampler, steps and size
+        (folder / SETTINGS_FILE).write_text(json.dumps(components.settings, indent=2) + "\n")
 
 
 def save_components(components, folder, max_shard_bytes=None):
@@ -71,9 +74,9 @@ def save_single_file(components, path):
     """Write the U-Net, VAE and text encoder as one original-layout .safetensors file (A1111 / ComfyUI read it).
 
     The text encoder's layout follows its activation: quick_gelu is OpenAI CLIP (SD 1.x), gelu OpenCLIP (SD 2.x).
-    A single file has no room for a ControlNet, a tokenizer or a scheduler config: it is read back with CLIP's
-    tokenizer, so a model with another vocabulary (such as the bundled model's reduced one) is refused before
-    anything is written.
+    A single file has no room for a ControlNet, a tokenizer, a scheduler config or minidiff_settings.json: it is
+    read back with CLIP's tokenizer, so a model with another vocabulary (such as the bundled model's reduced one)
+    is refused before anything is written.
     """
     if not str(path).endswith(".safetensors"):
         raise ValueError(f"{path}: minidiff writes single files only as .safetensors (never pickle).")

@@ -65,7 +65,7 @@ UNET_FIXED = {
     "cross_attention_norm": (None,), "encoder_hid_dim": (None,), "encoder_hid_dim_type": (None,),
     # the timestep embedding
     "time_embedding_type": ("positional",), "time_embedding_dim": (None,), "time_embedding_act_fn": (None,),
-    "timestep_post_act": (None,), "time_cond_proj_dim": (None,),
+    "timestep_post_act": (None,),
     # embeddings added to the timestep's: class labels, or SDXL's "text_time" (pooled text and image sizes)
     "class_embed_type": (None,), "num_class_embeds": (None,), "class_embeddings_concat": (False,),
     "projection_class_embeddings_input_dim": (None,), "addition_embed_type": (None,),
@@ -116,6 +116,7 @@ class UNetConfig:
     # the timestep embedding
     flip_sin_to_cos: bool = True
     freq_shift: int = 0
+    time_cond_proj_dim: int | None = None  # a Latent Consistency Model's: the width of its guidance-scale embedding
     # the blocks, one entry per resolution
     down_block_types: tuple = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
     up_block_types: tuple = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")

@@ -134,7 +134,8 @@ class UNet2DConditionModel(nn.Module):
         self.config = c = config or UNetConfig()
         channels, heads = c.block_out_channels, c.heads_per_block()
         self.conv_in = nn.Conv2d(c.in_channels, channels[0], kernel_size=3, padding=1)
-        self.time_embedding = TimestepEmbedding(channels[0], 4 * channels[0], c.flip_sin_to_cos, c.freq_shift)
+        self.time_embedding = TimestepEmbedding(channels[0], 4 * channels[0], c.flip_sin_to_cos, c.freq_shift,
+                                                c.time_cond_proj_dim)
         self.down_blocks = make_down_blocks(c, c.dropout)
         self.mid_block = UNetMidBlock2DCrossAttn(c, channels[-1], heads[-1], c.dropout)
         # The up path mirrors the down path: widest block first.
@@ -153,18 +154,29 @@ class UNet2DConditionModel(nn.Module):
         return self.conv_in.weight.dtype
 
     def forward(self, sample, timestep, encoder_hidden_states, down_block_additional_residuals=None,
-                mid_block_additional_residual=None):
+                mid_block_additional_residual=None, timestep_cond=None):
         """The additional residuals (a ControlNet's outputs, given together) are added to the skips and to the
-        mid-block output: one (B, C_i, H_i, W_i) tensor per skip, and one (B, C_last, h, w)."""
+        mid-block output: one (B, C_i, H_i, W_i) tensor per skip, and one (B, C_last, h, w).
+
+        timestep_cond (B, time_cond_proj_dim), only for a U-Net whose config sets time_cond_proj_dim (an LCM's):
+        the embedded guidance scale, ``guidance_scale_embedding(guidance_scale - 1, time_cond_proj_dim)``."""
         if (down_block_additional_residuals is None) != (mid_block_additional_residual is None):
             raise ValueError(
                 "Give down_block_additional_residuals and mid_block_additional_residual together (a ControlNet "
                 "returns both), or neither."
             )
+        batch, cond_dim = sample.shape[0], self.config.time_cond_proj_dim
+        if timestep_cond is not None and cond_dim is None:
+            raise ValueError("timestep_cond was given, but this U-Net has no time_cond_proj_dim (it is not an LCM "
+                             "U-Net); leave timestep_cond out.")
+        if timestep_cond is not None and tuple(timestep_cond.shape) != (batch, cond_dim):
+            raise ValueError(f"timestep_cond must have shape (batch, time_cond_proj_dim) = {(batch, cond_dim)}, "
+                             f"found {tuple(timestep_cond.shape)}.")
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
         context = encoder_hidden_states  # (B, T, D)
-        temb = self.time_embedding(timestep_batch(timestep, sample.shape[0], sample.device))  # (B, 4 * C0)
+        t = timestep_batch(timestep, batch, sample.device)  # (B,)
+        temb = self.time_embedding(t, timestep_cond)  # (B, 4 * C0)
 
         h = self.conv_in(sample)  # (B, C0, H, W)
         skips = [h]

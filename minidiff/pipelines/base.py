@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minidiff.images import tensor_to_pil
-from minidiff.pipelines.guidance import classifier_free_guidance
+from minidiff.pipelines.guidance import classifier_free_guidance, guidance_condition, uses_classifier_free_guidance
 from minidiff.pipelines.prompts import as_prompt_list, prompt_embeddings
 from minidiff.noise import randn
 
@@ -131,12 +131,15 @@ class PipelineBase:
             )
 
     def encode_prompt(self, prompt, negative_prompt, num_images_per_prompt, guidance_scale, clip_skip):
-        """-> (context, B): context (2B, 77, D) [unconditional; conditional] when guidance_scale > 1, else
-        (B, 77, D), in the U-Net's dtype; B = number of prompts x num_images_per_prompt."""
+        """-> (context, B): context (2B, 77, D) [unconditional; conditional] when guidance_scale > 1 (and the U-Net
+        is not an LCM's: guidance.py), else (B, 77, D), in the U-Net's dtype; B = prompts x num_images_per_prompt."""
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
-        context = prompt_embeddings(self.tokenizer, self.text_encoder, prompt, negative_prompt,
-                                    num_images_per_prompt, guidance_scale > 1, clip_skip)
+        if negative_prompt is not None and self.unet.config.time_cond_proj_dim is not None:
+            raise ValueError("this U-Net is a Latent Consistency Model's (time_cond_proj_dim is set): its guidance is "
+                             "built in and takes no negative prompt; leave negative_prompt out")
+        context = prompt_embeddings(self.tokenizer, self.text_encoder, prompt, negative_prompt, num_images_per_prompt,
+                                    uses_classifier_free_guidance(self.unet, guidance_scale), clip_skip)
         return context.to(self.device, self.unet.dtype), len(as_prompt_list(prompt)) * num_images_per_prompt
 
     def vae_dtype(self, stage):
@@ -174,18 +177,21 @@ class PipelineBase:
     def guided_unet(self, context, guidance_scale, extra_channels=None, control=None):
         """model_fn(x_in, t) for a sampler: the U-Net with classifier-free guidance, ε = ε_u + s (ε_c - ε_u).
 
-        x_in (B, 4, h, w) is doubled to (2B, 4, h, w) to meet the [unconditional; conditional] context.
+        x_in (B, 4, h, w) is doubled to (2B, 4, h, w) to meet the [unconditional; conditional] context; an LCM's
+        U-Net instead runs once on (B, 4, h, w) with the scale embedded as its timestep_cond (guidance.py).
         extra_channels (2B, C', h, w): concatenated after the latents (an inpainting U-Net's mask and masked image).
         control(x, t) -> (down residuals, mid residual) or (None, None): a ControlNet's additions to the skips.
         """
-        guided = guidance_scale > 1
+        guided = uses_classifier_free_guidance(self.unet, guidance_scale)
+        condition = guidance_condition(self.unet, guidance_scale, context.shape[0])  # (B, D) or None
 
         def model_fn(x_in, t):
             x = (torch.cat([x_in] * 2) if guided else x_in).to(self.unet.dtype)  # (2B, 4, h, w)
             down, mid = control(x, t) if control is not None else (None, None)
             if extra_channels is not None:
                 x = torch.cat([x, extra_channels], dim=1)  # (2B, 4 + C', h, w)
-            out = self.unet(x, t, context, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+            out = self.unet(x, t, context, down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                            timestep_cond=condition)
             if not guided:
                 return out
             uncond, cond = out.chunk(2)  # (B, 4, h, w) each, in the U-Net's dtype

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from minidiff.images import as_image_tensor, as_mask_tensor
 from minidiff.pipelines.base import PipelineBase, make_generator
+from minidiff.pipelines.guidance import uses_classifier_free_guidance
 from minidiff.noise import randn
 from minidiff.samplers import make_sampler
 
@@ -66,7 +67,8 @@ class Inpaint(PipelineBase):
             masked_image = torch.where(mask >= 0.5, 0.5, image)  # the hole becomes mid-grey (0 in [-1, 1])
             masked_latents = self.encode_image(masked_image, first).repeat(batch, 1, 1, 1)  # (B, 4, h, w)
             extra = torch.cat([m, masked_latents], dim=1)  # (B, 5, h, w)
-            extra = torch.cat([extra] * 2) if guidance_scale > 1 else extra  # one copy per half of the CFG batch
+            if uses_classifier_free_guidance(self.unet, guidance_scale):
+                extra = torch.cat([extra] * 2)  # one copy per half of the CFG batch
             model_fn, blend = self.guided_unet(context, guidance_scale, extra_channels=extra), None
         else:
             # diffusers encodes the masked picture here too and never uses it; drawing the same numbers keeps

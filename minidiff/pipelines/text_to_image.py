@@ -4,7 +4,9 @@
     for each t:  x <- sampler step(x, ε_u + s (ε_c - ε_u))          (classifier-free guidance, s = guidance_scale)
     image = VAE decoder(x_0 / scaling_factor)
 
-Matches diffusers' ``StableDiffusionPipeline`` for the same seed and scheduler.
+Matches diffusers' ``StableDiffusionPipeline`` for the same seed and scheduler. A Latent Consistency Model (its
+U-Net has ``time_cond_proj_dim``) takes the guidance scale as an input instead of a doubled batch (guidance.py);
+with ``sampler="lcm"`` (4 to 8 steps) it matches diffusers' ``LatentConsistencyModelPipeline``.
 """
 
 import torch

@@ -38,6 +38,17 @@ def alpha_sigma(sigma):
     return alpha, sigma * alpha
 
 
+def log_snr(sigma):
+    """DPM-Solver's time λ = log α - log s (half the log signal-to-noise ratio) at σ-space level σ, as diffusers
+    computes it; 0-dim float32. λ grows as the noise shrinks: +inf at σ = 0."""
+    alpha, s = alpha_sigma(sigma)
+    return torch.log(alpha) - torch.log(s)
+
+
+# Class defaults of settings that most diffusers classes share; a sampler's ``defaults`` overrides them (dpmpp_2s).
+SHARED_DEFAULTS = {"lower_order_final": True}
+
+
 def config_spacing(config):
     """The σ spacing a scheduler config asks for (use_karras_sigmas, ...), or None."""
     asked = [name for name in SIGMA_SPACINGS if getattr(config, f"use_{name}_sigmas", False)]
@@ -49,10 +60,13 @@ class Sampler:
 
     name = ""  # the name make_sampler knows it by
     diffusers_class = ""  # the diffusers scheduler it reproduces step for step
+    diffusers_options = {}  # the settings that make that class this sampler (where one class serves several)
     order = 1  # network calls per step: img2img skips whole steps, i.e. `order` entries of the timesteps
+    accuracy = 1  # the method's order of accuracy (its global error shrinks as (step size)^accuracy)
     stochastic = False  # whether it draws fresh noise (so the generator matters)
     spacings = ()  # the σ re-spacings it offers (of steps.SIGMA_SPACINGS)
     default_spacing = "linspace"  # the timestep_spacing of the matching diffusers class, used when config has none
+    defaults = {}  # other settings whose default differs between diffusers' classes, used where the config has None
     supports_zero_snr = True  # some diffusers classes (Heun, LMS, ...) have no zero-terminal-SNR option
     latent = "alpha_bar"  # the form of the noisy latent: "alpha_bar", "sigma" or "alpha_sigma" (module docstring)
     registry = {}  # name -> class, filled as each sampler class is defined (for error messages)
@@ -77,7 +91,9 @@ class Sampler:
             raise ValueError(f"rescale_betas_zero_snr is not available for {self.name} (as in diffusers); use "
                              f"{self.names_with(lambda sampler: sampler.supports_zero_snr)}")
         self.spacing = self.choose_spacing(config, karras, sigmas)
-        self.config = replace(config, timestep_spacing=config.timestep_spacing or self.default_spacing)
+        defaults = {**SHARED_DEFAULTS, **self.defaults}
+        unset = {key: value for key, value in defaults.items() if getattr(config, key) is None}
+        self.config = replace(config, timestep_spacing=config.timestep_spacing or self.default_spacing, **unset)
         self.steps, self.eta = int(steps), eta
         self.karras = self.spacing == "karras"
         self.schedule = NoiseSchedule.from_config(config)

@@ -8,14 +8,7 @@ standard deviation σ_up is added. Because fresh noise enters at every step, res
 from ..noise import randn
 from ..schedule import denoised_from_output
 from .base import SigmaSampler, to_d
-from .steps import k_diffusion_plan
-
-
-def get_ancestral_step(sigma_from, sigma_to):
-    """Split the step σ_from -> σ_to into a deterministic part down to σ_down and fresh noise of std σ_up."""
-    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
-    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-    return sigma_down, sigma_up
+from .steps import get_ancestral_step, k_diffusion_plan
 
 
 class EulerAncestralSampler(SigmaSampler):

@@ -18,6 +18,7 @@ from .steps import SIGMA_SPACINGS, Plan, k_diffusion_plan
 
 class HeunSampler(SigmaSampler):
     name = "heun"
+    accuracy = 2
     diffusers_class = "HeunDiscreteScheduler"
     spacings = SIGMA_SPACINGS
     order = 2

@@ -45,6 +45,7 @@ def lms_coefficient(sigmas, i, j, order):
 
 class LMSSampler(SigmaSampler):
     name = "lms"
+    accuracy = 4
     diffusers_class = "LMSDiscreteScheduler"
     spacings = SIGMA_SPACINGS
     max_order = 4

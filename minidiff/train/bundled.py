@@ -12,9 +12,9 @@ Same architecture family as Stable Diffusion 1.x, scaled down so that it runs on
     scheduler      scaled_linear 0.00085-0.012, 1000 steps, epsilon (identical)
 
 This module holds those configs, the reduced vocabulary, how a finished stage is read back from its
-checkpoint (``run_stage``), ``export``, which writes the diffusers folder (float16 weights) and records each
-stage's step count in its ``training.json``, and ``import_folder``, which turns such a folder back into
-checkpoints that the stages resume from (to train the shipped model further).
+checkpoint (``run_stage``), ``export``, which writes the diffusers folder (float16 weights) with its
+minidiff_settings.json and records each stage's step count in its ``training.json``, and ``import_folder``, which
+turns such a folder back into checkpoints that the stages resume from (to train the shipped model further).
 
     python -m minidiff train vae --device cuda      # then clip, unet, controlnet (each resumes if stopped)
     python -m minidiff train export --to weights
@@ -29,7 +29,7 @@ import torch
 
 from minidiff.data.captions import (BACKGROUND_PHRASES, COLORS, FRAMES, POSITION_PHRASES, RELATION_PHRASES, SHAPES,
                                     SIZE_WORDS)
-from minidiff.loading.components import Components, load_components
+from minidiff.loading.components import SETTINGS_FILE, Components, load_components
 from minidiff.loading.saving import save_components
 from minidiff.loading.safetensors_file import write_safetensors
 from minidiff.models.config import CLIPTextConfig, UNetConfig, VAEConfig
@@ -47,8 +47,11 @@ from minidiff.train.vae import VAETrainConfig, train_vae
 
 IMAGE_SIZE = 128
 SHARD_BYTES = 16_000_000  # export splits larger networks (the U-Net) into shards: no file over 16 MB in git
-# The sampling defaults `python -m minidiff generate` uses with this model: BUNDLED_DEFAULTS in
-# minidiff/commands/pipeline_options.py (chosen with `python -m minidiff evaluate`).
+# The minidiff_settings.json `export` writes for a model of this recipe (as weights/ has it), which every command
+# reads: Euler ancestral, 20 steps and guidance 5 scored best with `python -m minidiff evaluate` (weights/README.md),
+# LMS needs 30 steps with it, and it knows only the caption words. A model `import_folder` brought in keeps its own.
+SETTINGS = dict(sampler="euler_a", steps=20, cfg=5.0, width=IMAGE_SIZE, height=IMAGE_SIZE, min_steps={"lms": 30},
+                vocabulary="shapes")
 
 
 def caption_words():
@@ -199,12 +202,17 @@ def run_stage(stage, out_dir, device="cuda", seed=0, time_limit=None, **override
 
 
 def export_checkpoints(out_dir, folder):
-    """Read every stage's finished weights from ``out_dir`` and ``export`` them to ``folder``."""
+    """Read every stage's finished weights from ``out_dir`` and ``export`` them to ``folder``, with the settings
+    of the model they were imported from (``out_dir/minidiff_settings.json``), else the recipe's ``SETTINGS``."""
     tokenizer = make_tokenizer()
     clip = trained_clip(out_dir, tokenizer)
     unet = load_trained(UNet2DConditionModel(unet_config()), out_dir, "unet")
     controlnet = load_trained(ControlNetModel.from_unet(unet), out_dir, "controlnet")
-    export(folder, tokenizer, clip.text_model, trained_vae(out_dir), unet, controlnet, clip)
+    settings = SETTINGS
+    if os.path.exists(os.path.join(out_dir, SETTINGS_FILE)):
+        with open(os.path.join(out_dir, SETTINGS_FILE)) as f:
+            settings = json.load(f)
+    export(folder, tokenizer, clip.text_model, trained_vae(out_dir), unet, controlnet, clip, settings)
     steps = {name: torch.load(os.path.join(out_dir, f"{name}.pt"), mmap=True, weights_only=True)["step"]
              for name in STAGES}  # mmap: only the step is read, not the tensors again
     with open(os.path.join(folder, "training.json"), "w") as f:
@@ -218,7 +226,9 @@ def import_folder(folder, out_dir):
 
     The networks load as any model folder does (``load_components``, and ``load_clip_folder`` for CLIP). The
     folder holds only the float16 (EMA) weights, so each checkpoint is a slim one (see ``slim_checkpoint``):
-    AdamW restarts with a fresh warm-up and the EMA restarts from these weights. Returns the step counts.
+    AdamW restarts with a fresh warm-up and the EMA restarts from these weights. The folder's
+    minidiff_settings.json, if it has one, is copied to ``out_dir`` for ``export_checkpoints``. Returns the step
+    counts.
     """
     parts = load_components(folder)  # float32; strict about every network's keys
     networks = {"vae": parts.vae, "clip": load_clip_folder(folder, parts.text_encoder), "unet": parts.unet,
@@ -228,6 +238,9 @@ def import_folder(folder, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "vae.json"), "w") as f:
         json.dump(parts.vae.config.to_dict(), f, indent=2)
+    if parts.settings is not None:
+        with open(os.path.join(out_dir, SETTINGS_FILE), "w") as f:
+            json.dump(parts.settings, f, indent=2)
     for name in STAGES:
         model = networks[name]
         config = dataclasses.replace(RECIPE[name], steps=max(RECIPE[name].steps, steps[name]))
@@ -236,12 +249,13 @@ def import_folder(folder, out_dir):
     return steps
 
 
-def export(folder, tokenizer, text_encoder, vae, unet, controlnet, clip):
+def export(folder, tokenizer, text_encoder, vae, unet, controlnet, clip, settings=None):
     """Write the diffusers folder: model_index.json, tokenizer/, text_encoder/, vae/, unet/, controlnet/,
-    scheduler/ (float16 weights), and clip/ with the image tower and projections for the CLIP score."""
+    scheduler/ (float16 weights), clip/ with the image tower and projections for the CLIP score, and ``settings``
+    (a dict such as ``SETTINGS``; None: none) as minidiff_settings.json."""
     half = {name: net.half() for name, net in
             dict(text_encoder=text_encoder, vae=vae, unet=unet, controlnet=controlnet).items()}
-    save_components(Components(tokenizer, scheduler_config=scheduler_config(), **half), folder,
+    save_components(Components(tokenizer, scheduler_config=scheduler_config(), settings=settings, **half), folder,
                     max_shard_bytes=SHARD_BYTES)
     os.makedirs(os.path.join(folder, "clip"))
     tower = {k: v for k, v in clip.state_dict().items() if not k.startswith("text_model.")}

@@ -78,7 +78,8 @@ print("context", tuple(context.shape), f"| difference between the two texts: {(c
 #
 # The generator is a stream of numbers. One generator for a batch draws the batch's noise in a row, so the
 # first picture of a batch of four equals the picture of that seed alone, and the other three are *not* the
-# next seeds. A list of generators, one per picture, gives every picture its own seed whatever the batch.
+# next seeds. A list of generators, one per picture, gives every picture its own seed whatever the batch. The
+# command line does neither: `--seed 7 --num 4` makes four runs of one picture each, with seeds 7, 8, 9 and 10.
 
 # %%
 sampler = make_sampler("euler", sd.scheduler_config, STEPS)
@@ -89,9 +90,9 @@ times["start noise"] = time.perf_counter() - start
 print(f"euler: init_noise_sigma = {sampler.init_noise_sigma:.3f}, timesteps {sampler.timesteps[:4].tolist()} ...")
 
 shape = (4, 4, 16, 16)
-one_stream = randn(shape, torch.Generator().manual_seed(7))  # --seed 7 --num 4
+one_stream = randn(shape, torch.Generator().manual_seed(7))  # text_to_image(..., seed=7, num_images_per_prompt=4)
 own_seeds = randn(shape, [torch.Generator().manual_seed(s) for s in (7, 8, 9, 10)])  # one generator per picture
-alone = [randn((1, *shape[1:]), torch.Generator().manual_seed(s)) for s in (7, 8, 9, 10)]
+alone = [randn((1, *shape[1:]), torch.Generator().manual_seed(s)) for s in (7, 8, 9, 10)]  # --seed 7 --num 4
 print("one generator:  picture 0 == seed 7 alone:", torch.equal(one_stream[:1], alone[0]),
       "| picture 1 == seed 8 alone:", torch.equal(one_stream[1:2], alone[1]))
 print("generator list: every picture == its seed alone:", all(torch.equal(own_seeds[i : i + 1], alone[i]) for i in range(4)))

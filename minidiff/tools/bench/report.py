@@ -1,6 +1,7 @@
 """What the benchmark reports: one Row per workload and dtype, holding a Measurement per variant; the machine and
 library versions; a line per measurement as it is taken (each result is printed once, there), a summary table at
-the end, and the JSON file. Peak memory is measured on CUDA only; on the CPU it is "-" (null in the JSON)."""
+the end, and the JSON file. Peak memory is measured on CUDA only; on the CPU it is "-" (null in the JSON), as is
+every number that was not measured or does not apply (an error against diffusers for diffusers itself)."""
 
 import json
 import math
@@ -86,8 +87,21 @@ def measurement_line(row, m):
             f"{fmt(m, 'rel_err_vs_diffusers', '{:.1e}'):>8s} {fmt(m, 'setup_s', '{:.1f}'):>7s} {m.error}").rstrip()
 
 
+def without_nan(value):
+    """``value`` with every NaN or infinite float, in lists, tuples and dicts too, as None: JSON's null (a strict
+    JSON reader refuses the NaN that Python's json writes by default)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(v) for v in value]
+    return value
+
+
 def write_json(rows, info, config, path):
-    """{"environment", "config", "rows"} to ``path``; the tensors kept in rows' ``extra`` are left out."""
+    """{"environment", "config", "rows"} to ``path``, valid JSON: a number not measured or not applicable (NaN in
+    a Measurement) is null; the tensors kept in rows' ``extra`` are left out."""
     payload = {
         "environment": info,
         "config": {k: [list(c) for c in v] if k == "unet_cases" else (list(v) if isinstance(v, tuple) else v)
@@ -96,7 +110,7 @@ def write_json(rows, info, config, path):
                                            if not (torch.is_tensor(v) or isinstance(v, tuple))}} for row in rows],
     }
     with open(path, "w") as f:
-        json.dump(payload, f, indent=1, default=str)
+        json.dump(without_nan(payload), f, indent=1, default=str, allow_nan=False)
 
 
 def fmt(m, key="ms", spec="{:.2f}"):
