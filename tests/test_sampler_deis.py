@@ -11,12 +11,11 @@ import torch
 from test_samplers import (
     PREDICTION_TYPES,
     SPACINGS,
+    assert_runs_from_the_first_of_repeated_timesteps,
     assert_same_trajectory,
     config_dict,
     diffusers_scheduler,
-    rel_err,
     run_minidiff,
-    stand_in_model,
 )
 
 from minidiff.samplers import SAMPLER_NAMES, SchedulerConfig, make_sampler
@@ -66,22 +65,7 @@ def test_beta_sigmas_whose_first_timestep_repeats_run_from_the_first_step(order)
     """Beta σ's crowd σ_max: with 50 steps the first two timesteps are both 998. diffusers' scheduler, not told
     where it starts (as in StableDiffusionPipeline), looks the first timestep up, takes its second occurrence and
     runs off the end of its σ's; told to start at 0 it matches minidiff, which starts at the first step."""
-    d = deis_config(sigmas="beta", solver_order=order)
-    x0, noise = torch.randn(2, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ref = diffusers_scheduler("deis", d, 50)
-    assert ref.timesteps[0] == ref.timesteps[1]
-    with pytest.raises(IndexError):
-        x = noise
-        for t in ref.timesteps:
-            x = ref.step(stand_in_model(x, t), t, x).prev_sample
-    ref = diffusers_scheduler("deis", d, 50)
-    ref.set_begin_index(0)
-    x, ref_latents = noise, []
-    for t in ref.timesteps:
-        x = ref.step(stand_in_model(x, t), t, x).prev_sample
-        ref_latents.append(x)
-    _, ours = run_minidiff("deis", d, 50, x0, noise, 0)
-    assert max(rel_err(a, b) for a, b in zip(ours, ref_latents, strict=True)) <= 1e-6
+    assert_runs_from_the_first_of_repeated_timesteps("deis", deis_config(sigmas="beta", solver_order=order))
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])

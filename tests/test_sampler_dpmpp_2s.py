@@ -10,12 +10,10 @@ import pytest
 import torch
 from test_samplers import (
     PREDICTION_TYPES,
+    assert_runs_from_the_first_of_repeated_timesteps,
     assert_same_trajectory,
     config_dict,
     diffusers_scheduler,
-    rel_err,
-    run_minidiff,
-    stand_in_model,
 )
 
 from minidiff.samplers import SchedulerConfig, make_sampler
@@ -82,22 +80,7 @@ def test_every_sigma_spacing_matches_diffusers(sigmas, order):
 def test_beta_sigmas_whose_first_timestep_repeats_run_from_the_first_step():
     """As for the other DPM-Solvers: with 50 beta σ's the first two timesteps are both 999; diffusers, not told where
     it starts, takes the second and runs off the end of its σ's; told to start at 0 it matches minidiff."""
-    d = single_config(sigmas="beta")
-    x0, noise = torch.randn(2, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ref = diffusers_scheduler("dpmpp_2s", d, 50)
-    assert ref.timesteps[0] == ref.timesteps[1]
-    with pytest.raises(IndexError):
-        x = noise
-        for t in ref.timesteps:
-            x = ref.step(stand_in_model(x, t), t, x).prev_sample
-    ref = diffusers_scheduler("dpmpp_2s", d, 50)
-    ref.set_begin_index(0)
-    x, ref_latents = noise, []
-    for t in ref.timesteps:
-        x = ref.step(stand_in_model(x, t), t, x).prev_sample
-        ref_latents.append(x)
-    _, ours = run_minidiff("dpmpp_2s", d, 50, x0, noise, 0)
-    assert max(rel_err(a, b) for a, b in zip(ours, ref_latents)) <= 1e-6
+    assert_runs_from_the_first_of_repeated_timesteps("dpmpp_2s", single_config(sigmas="beta"))
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])

@@ -109,6 +109,28 @@ def run_minidiff(name, d, steps, x0, noise, seed, strength=1.0, eta=0.0, mask=No
     return sampler.timesteps, latents
 
 
+def assert_runs_from_the_first_of_repeated_timesteps(name, d, steps=50):
+    """Beta σ's crowd σ_max: with 50 steps the first two timesteps of a DPM-Solver-style plan are equal. diffusers'
+    scheduler, not told where it starts (as in StableDiffusionPipeline), looks the first timestep up, takes its
+    second occurrence and runs off the end of its σ's; told to start at 0 it matches minidiff, which starts at the
+    first step."""
+    x0, noise = torch.randn(2, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = diffusers_scheduler(name, d, steps)
+    assert ref.timesteps[0] == ref.timesteps[1]
+    with pytest.raises(IndexError):
+        x = noise
+        for t in ref.timesteps:
+            x = ref.step(stand_in_model(x, t), t, x).prev_sample
+    ref = diffusers_scheduler(name, d, steps)
+    ref.set_begin_index(0)
+    x, ref_latents = noise, []
+    for t in ref.timesteps:
+        x = ref.step(stand_in_model(x, t), t, x).prev_sample
+        ref_latents.append(x)
+    _, ours = run_minidiff(name, d, steps, x0, noise, 0)
+    assert max(rel_err(a, b) for a, b in zip(ours, ref_latents, strict=True)) <= 1e-6
+
+
 def assert_same_trajectory(name, d, steps, dtype=torch.float64, strength=1.0, eta=0.0, masked=False, seed=0):
     g = torch.Generator().manual_seed(1234)
     x0 = torch.randn(2, 4, 8, 8, generator=g, dtype=dtype)  # a "clean latent" for img2img starts

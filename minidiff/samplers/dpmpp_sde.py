@@ -76,6 +76,9 @@ class DPMPPSDESampler(SigmaSampler):
         """x: (B, C, H, W) noise of std ``init_noise_sigma``; returns the sampled x_0. generator: one torch.Generator,
         one per sample, or None (module docstring); s_noise scales the added noise (1: the SDE's)."""
         sigmas, timesteps, all_sigmas = self.sigmas, self.timesteps, self.all_sigmas
+        if isinstance(generator, (list, tuple)) and len(generator) != len(x):
+            raise ValueError(f"got a list of {len(generator)} generators for a batch of {len(x)}; pass one generator "
+                             f"per batch element, or a single generator for the whole batch")
         seed = self.config.noise_sampler_seed
         seed = brownian_seed(generator) if seed is None else seed
         # the path spans the whole schedule's σ's, the skipped ones of img2img included (as in diffusers)
@@ -87,6 +90,7 @@ class DPMPPSDESampler(SigmaSampler):
         def move(x, x0, t, sigma_to):
             """From σ = e^{-t} down to σ_down with x0 held, then noise up to ``sigma_to``."""
             sigma_from = sigma_fn(t)
+            # capped: rounding can take σ_up past σ_to when σ_to << σ_from (k-diffusion's guard, which diffusers has)
             sigma_down, sigma_up = get_ancestral_step(sigma_from, sigma_to, capped=True)
             t_down = t_fn(sigma_down)
             x = (sigma_fn(t_down) / sigma_from) * x - (t - t_down).expm1() * x0

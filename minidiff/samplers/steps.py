@@ -4,9 +4,8 @@ Every sampler calls the network at a few of the T = 1000 training timesteps. Thi
 all of them; each sampler file then shows only *how* it steps between them. The families of plans:
 
 * ``discrete_plan`` (DDPM, DDIM, PNDM): integer timesteps, no σ's; the latent is x_t = sqrt(ᾱ_t) x_0 + sqrt(1-ᾱ_t) ε.
-* ``k_diffusion_plan`` (Euler, Euler ancestral, Heun, LMS): σ_t = sqrt((1-ᾱ_t)/ᾱ_t) interpolated at
-  the spaced timesteps, the latent x = x_0 + σ ε; re-spaced σ's span the interpolated ones and get fractional
-  timesteps.
+* ``k_diffusion_plan`` (Euler, Euler ancestral, Heun, LMS): σ_t = sqrt((1-ᾱ_t)/ᾱ_t) interpolated at the spaced
+  timesteps, the latent x = x_0 + σ ε; re-spaced σ's span the interpolated ones and get fractional timesteps.
 * ``midpoint_plan`` (DPM2, DPM2 ancestral): k_diffusion_plan's σ's and a second call at each step's log-σ midpoint.
 * ``dpmpp_sde_plan`` (DPM++ SDE): the same calls, from float64 timesteps and σ's (``k_diffusion_sigmas``).
 * ``solver_plan`` (the DPM-Solver family: DPM++ 2M, UniPC, DEIS, singlestep): timesteps from steps + 1 points with the
@@ -83,8 +82,7 @@ def spaced_timesteps(config, steps, float64=False):
         return (np.arange(steps) * (T // steps)).round()[::-1] + float(config.steps_offset)
     if config.timestep_spacing == "trailing":
         return np.arange(T, 0, -T / steps).round() - 1
-    # linspace: evenly spaced, rounded to float32 (diffusers' σ-schedulers interpolate at those float32 values,
-    # DPMSolverSDEScheduler at the float64 ones)
+    # linspace: evenly spaced, rounded to float32 (diffusers' σ-schedulers interpolate there; DPMSolverSDE: float64)
     return np.linspace(0, T - 1, steps, dtype=np.float64 if float64 else np.float32)[::-1].astype(np.float64)
 
 
@@ -197,9 +195,8 @@ def lcm_plan(config, steps, strength=1.0):
 
 
 def k_diffusion_sigmas(config, steps, spacing, train, float64=False):
-    """The spaced timesteps and the σ's interpolated there in the training σ's ``train`` (re-spaced between the first
-    and the last of them, at fractional timesteps): two (steps,) float64 numpy arrays, before any rounding.
-    ``float64``: linspace timesteps are not first rounded to float32 (``spaced_timesteps``)."""
+    """The spaced timesteps and their σ's, interpolated in the training σ's ``train`` (re-spaced between the first and
+    the last, at fractional timesteps): two (steps,) float64 arrays, unrounded. float64: see ``spaced_timesteps``."""
     timesteps = spaced_timesteps(config, steps, float64)
     sigmas = np.interp(timesteps, np.arange(len(train)), train)  # (steps,) float64
     if spacing:
@@ -223,11 +220,9 @@ def k_diffusion_plan(config, steps, spacing, schedule, final="zero", round_karra
 
 def get_ancestral_step(sigma_from, sigma_to, capped=False):
     """Split the step σ_from -> σ_to of an ancestral sampler into a deterministic part down to σ_down and fresh noise
-    of std σ_up, with σ_to² = σ_down² + σ_up²:  σ_up = sqrt(σ_to² (σ_from² - σ_to²) / σ_from²). ``capped``: σ_up at
-    most σ_to, which rounding can exceed when σ_to << σ_from (k-diffusion's guard; DPMSolverSDEScheduler has it)."""
+    of std σ_up, with σ_to² = σ_down² + σ_up²:  σ_up = sqrt(σ_to² (σ_from² - σ_to²) / σ_from²), ``capped`` at σ_to."""
     sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
-    if capped:
-        sigma_up = torch.minimum(sigma_to, sigma_up)
+    sigma_up = torch.minimum(sigma_to, sigma_up) if capped else sigma_up
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
 
@@ -258,25 +253,17 @@ def midpoint_plan(config, steps, spacing, schedule, ancestral=False):
 
 
 def dpmpp_sde_plan(config, steps, spacing, schedule):
-    """DPM++ SDE's plan: each step σ_i -> σ_{i+1} calls the network at σ_i and at the midpoint in the time
-    t = -log σ (DPM-Solver-2's, r = 1/2); the last step, to σ = 0, has none: it is one Euler call.
-
-        t_mid = t_i + (t_{i+1} - t_i) / 2,   σ_mid = e^{-t_mid} = sqrt(σ_i σ_{i+1})
-
-    The timesteps are float64 throughout, as DPMSolverSDEScheduler has them (linspace ones not rounded to float32,
-    re-spaced ones fractional, Karras's too): t_0, t_mid_0, t_1, ..., t_{n-1}, and call_sigmas σ_0, σ_mid_0, σ_1,
-    ..., σ_{n-1}: (2 steps - 1,). sigmas: (steps + 1,) float32, ending at 0.
-    """
+    """DPM++ SDE's plan: DPM2's calls (``midpoint_plan``), the midpoint in t = -log σ: t_mid = (t_i + t_{i+1}) / 2,
+    σ_mid = e^{-t_mid}; the timesteps float64 throughout, as DPMSolverSDEScheduler has them."""
     train = train_sigmas(schedule)
     timesteps, sigmas = k_diffusion_sigmas(config, steps, spacing, train, float64=True)  # (steps,) each
-    t = -np.log(sigmas)
-    mid_t = sigma_to_t(np.exp(-(t[:-1] + (t[1:] - t[:-1]) * 0.5)), np.log(train))  # (steps - 1,)
-    sigmas = torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32))
     # diffusers quirk: the midpoints' timesteps come from the float64 σ's, the σ_mid of the step from float32 ones
-    t, t_next = sigmas[:-2].log().neg(), sigmas[1:-1].log().neg()  # (steps - 1,) every step but the last
-    mid = (t + (t_next - t) * 0.5).neg().exp()
-    timesteps = torch.from_numpy(timesteps.copy())
-    calls = torch.stack([timesteps[:-1], torch.from_numpy(mid_t)], dim=1).flatten()  # t_0, t_mid_0, t_1, ...
+    t = -np.log(sigmas)  # (steps,) float64; the midpoints below: (steps - 1,), every step but the last
+    mid_t = torch.from_numpy(sigma_to_t(np.exp(-(t[:-1] + (t[1:] - t[:-1]) * 0.5)), np.log(train)))
+    timesteps, sigmas = torch.from_numpy(timesteps), torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32))
+    t = sigmas[:-1].log().neg()  # float32, as the step computes it
+    mid = (t[:-1] + (t[1:] - t[:-1]) * 0.5).neg().exp()
+    calls = torch.stack([timesteps[:-1], mid_t], dim=1).flatten()  # t_0, t_mid_0, t_1, t_mid_1, ...
     call_sigmas = torch.stack([sigmas[:-2], mid], dim=1).flatten()  # σ_0, σ_mid_0, σ_1, σ_mid_1, ...
     return Plan(torch.cat([calls, timesteps[-1:]]), sigmas, torch.cat([call_sigmas, sigmas[-2:-1]]))
 

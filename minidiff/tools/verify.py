@@ -245,6 +245,8 @@ def check_samplers(ours, reference, scheduler_config, size, steps, tolerance):
     from minidiff.pipelines import StableDiffusion
 
     sd = StableDiffusion.from_components(ours)
+    # DPM++ SDE's Brownian noise is seeded by the scheduler, not by the pipeline's generator: both sides get seed 0
+    sd.scheduler_config = replace(sd.scheduler_config, noise_sampler_seed=0)
     inpainting = ours.unet.config.in_channels != ours.vae.config.latent_channels
     g = torch.Generator().manual_seed(1)
     picture = torch.nn.functional.interpolate(torch.rand(1, 3, size // 8, size // 8, generator=g), size=(size, size))
@@ -260,7 +262,9 @@ def check_samplers(ours, reference, scheduler_config, size, steps, tolerance):
             continue
         # both sides told whether to use Karras σ's, whatever the model's use_karras_sigmas says
         karras_option = {"use_karras_sigmas": karras} if name in KARRAS_SAMPLERS else {}
-        scheduler = scheduler_class.from_config(scheduler_config, **karras_option, **SAMPLERS[name].diffusers_options)
+        seed_option = {"noise_sampler_seed": 0} if name == "dpmpp_sde" else {}
+        scheduler = scheduler_class.from_config(scheduler_config, **karras_option, **SAMPLERS[name].diffusers_options,
+                                                **seed_option)
         pipe = pipeline_class(**{k: reference[k] for k in ("tokenizer", "text_encoder", "vae", "unet")},
                               scheduler=scheduler, safety_checker=None, feature_extractor=None,
                               requires_safety_checker=False)
