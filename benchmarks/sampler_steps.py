@@ -27,11 +27,11 @@ TOLERANCE = 0.10  # absolute difference in an "all right" rate, about two standa
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def runs(names=SAMPLER_NAMES):
-    """(label, sampler, karras) for every sampler of NAMES and its Karras variant."""
+def runs(names=SAMPLER_NAMES, karras_for=KARRAS_SAMPLERS):
+    """(label, sampler, karras) for every sampler of NAMES, and its Karras variant for those of KARRAS_FOR."""
     for name in names:
         yield name, name, False
-        if name in KARRAS_SAMPLERS:
+        if name in KARRAS_SAMPLERS and name in karras_for:
             yield f"{name} karras", name, True
 
 
@@ -57,6 +57,8 @@ def main():
     parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="the step counts to try")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLER_NAMES), choices=SAMPLER_NAMES,
                         help="the samplers to measure")
+    parser.add_argument("--karras-for", nargs="*", default=list(KARRAS_SAMPLERS), choices=KARRAS_SAMPLERS,
+                        help="the samplers also measured with Karras σ's (default: all that have them)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler-steps"))
     args = parser.parse_args()
 
@@ -64,7 +66,7 @@ def main():
     prompts = make_prompts(args.samples)
     texts = [p for _, p in prompts]
     curves, started = {}, time.time()
-    for label, sampler, karras in runs(args.samplers):
+    for label, sampler, karras in runs(args.samplers, args.karras_for):
         curve = {}
         for steps in args.steps:
             generators = [torch.Generator().manual_seed(i) for i in range(len(texts))]  # sample i: seed i

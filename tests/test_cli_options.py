@@ -271,6 +271,13 @@ def test_a_folder_without_settings_uses_the_sampler_its_scheduler_file_names(sch
     assert model_settings.read_settings(tmp_path).sampler == "ddim"
 
 
+def test_an_lcm_folder_gets_lcms_few_steps_and_its_guidance(tmp_path):
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "LCMScheduler"}))
+    settings = model_settings.read_settings(tmp_path)
+    assert (settings.sampler, settings.steps, settings.cfg) == ("lcm", 4, 8.5)
+
+
 def test_a_karras_sampler_name_with_sigmas_option_is_refused_with_karras_flag(tiny_with_settings):
     args = parse(["generate", "x", "--model", tiny_with_settings, "--sampler", "DPM++ 2M Karras"])
     assert pipeline_options.chosen(args)[0] == "dpmpp_2m karras"

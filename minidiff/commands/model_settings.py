@@ -62,7 +62,7 @@ def read_settings(model):
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"{path} has unknown fields {', '.join(unknown)}; the fields are {', '.join(known)}")
-    settings = ModelSettings(**{**scheduler_sampler(model), **values})
+    settings = ModelSettings(**{**({} if "sampler" in values else scheduler_sampler(model)), **values})
     problem = settings_problem(settings)
     if problem:
         raise ValueError(f"{path}: {problem}")
@@ -71,7 +71,8 @@ def read_settings(model):
 
 def scheduler_sampler(model):
     """{"sampler": name} for the sampler that is the scheduler class the model folder's scheduler_config.json
-    names (diffusers' pipelines run that class), or {} where there is none or minidiff has no such sampler."""
+    names (diffusers' pipelines run that class), or {} where there is none or minidiff has no such sampler; an
+    LCMScheduler brings LCM's 4 steps and guidance 8.5 too."""
     path = Path(model) / "scheduler" / "scheduler_config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -80,12 +81,14 @@ def scheduler_sampler(model):
     from minidiff.samplers import default_sampler_for
 
     name = default_sampler_for(config.get("_class_name"), config) if isinstance(config, dict) else None
+    if name == "lcm":  # a consistency-distilled model: diffusers' LatentConsistencyModelPipeline's defaults
+        return {"sampler": name, "steps": 4, "cfg": 8.5}
     return {"sampler": name} if name else {}
 
 
 def settings_problem(settings):
     """What is wrong with ``settings``' values, in a few words, or None."""
-    from minidiff.samplers import SAMPLER_NAMES
+    SAMPLER_NAMES = tuple(sampler_names.NAMES)  # minidiff.samplers.SAMPLER_NAMES, without importing torch
 
     def count(value):
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1

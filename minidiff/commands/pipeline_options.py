@@ -51,8 +51,7 @@ def add_arguments(parser, size=True):
                         help="the sampler: one of " + ", ".join(SAMPLERS) + ", or its A1111/ComfyUI name "
                              "(\"DPM++ 2M Karras\", \"Euler a\"; `schedule --list` shows them); default: the "
                              "model's settings file, else euler. Some need more steps than others: a model's settings "
-                             "file lists the fewest each needs with it (min_steps; the bundled model's are in "
-                             "weights/README.md)")
+                             "file lists the fewest each needs with it (min_steps; " + bundled_min_steps() + ")")
     parser.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
                         help="Karras noise levels on or off (the samplers that have them; default: the model's "
                              "use_karras_sigmas, as in diffusers)")
@@ -79,6 +78,18 @@ def add_arguments(parser, size=True):
                         help="output PNG (with --num N: OUT-0.png ... OUT-(N-1).png); default outputs/COMMAND-SEED.png "
                              "for each picture's seed")
     add_model_arguments(parser)
+
+
+def bundled_min_steps():
+    """The bundled model's fewest steps per sampler, for --sampler's help (weights/README.md has how they were
+    measured)."""
+    try:
+        fewest = model_settings.read_settings(BUNDLED_MODEL).min_steps
+    except ValueError:
+        fewest = {}
+    if not fewest:
+        return "the bundled model's are in weights/README.md"
+    return "the bundled model needs " + ", ".join(f"{name} {n}" for name, n in fewest.items())
 
 
 def add_input_size_arguments(parser):

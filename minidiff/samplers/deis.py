@@ -34,7 +34,7 @@ def antiderivative(rho, b, c, d=None):
     u = np.log(rho)
     if d is None:
         return rho * (u - c - 1) / (b - c)
-    # diffusers quirk: the numerator is expanded as below and evaluated in float32; F(ρ_{i+1}) - F(ρ_i) cancels
+    # diffusers parity: the numerator is expanded as below and evaluated in float32; F(ρ_{i+1}) - F(ρ_i) cancels
     # heavily when steps are short, so only the same arithmetic agrees with diffusers to 1e-6
     return rho * (c * (d - u + 1) - d * u + d + u**2 - 2 * u + 2) / ((b - c) * (b - d))
 
@@ -67,7 +67,7 @@ class DEISSampler(Sampler):
     def plan(self):
         if self.config.algorithm_type not in ("deis", "dpmsolver++"):  # diffusers maps dpmsolver++ onto deis
             raise ValueError(f"deis has no algorithm_type {self.config.algorithm_type!r}; use 'deis' or remove the key")
-        # diffusers quirk: without a re-spacing the last σ is σ_0 of training (sigma_min); with one it is the last
+        # diffusers parity: without a re-spacing the last σ is σ_0 of training (sigma_min); with one it is the last
         # re-spaced σ repeated, so the final step there has h = 0 and leaves the latent as it is
         return solver_plan(self.config, self.steps, self.spacing, self.schedule, final="last")
 

@@ -40,7 +40,7 @@ class DPM2Sampler(SigmaSampler):
 
     def add_noise(self, x0, noise, step_index=0):
         """``Sampler.add_noise``, except before a midpoint call: there, x0 is noised to the σ that step ends at."""
-        # diffusers quirk: KDPM2's add_noise at a midpoint call (odd index) reads σ_{i+1}, not σ_mid, so inpainting
+        # diffusers parity: KDPM2's add_noise at a midpoint call (odd index) reads σ_{i+1}, not σ_mid, so inpainting
         # re-noises its known region to σ_{i+1} before the midpoint evaluation
         midpoint = step_index % 2 == 1 and step_index < len(self.timesteps)
         return super().add_noise(x0, noise, step_index + 1 if midpoint else step_index)

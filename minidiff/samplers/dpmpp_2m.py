@@ -40,7 +40,7 @@ class DPMPP2MSampler(Sampler):
         if self.config.solver_order != 2:
             raise ValueError(f"{self.name} is a second-order solver, got solver_order={self.config.solver_order}; "
                              f"set it to 2, or use dpmpp_2s (orders 1, 2 and 3)")
-        # diffusers quirk: Karras timesteps are rounded except under the cosine schedule
+        # diffusers parity: Karras timesteps are rounded except under the cosine schedule
         return solver_plan(self.config, self.steps, self.spacing, self.schedule, self.config.final_sigmas_type,
                            round_karras=self.config.beta_schedule != "squaredcos_cap_v2",
                            lambda_min_clipped=self.config.lambda_min_clipped)

@@ -57,7 +57,7 @@ class DPMPPSinglestepSampler(Sampler):
     latent = "alpha_sigma"
 
     def plan(self):
-        # diffusers quirk: DPMSolverSinglestepScheduler has no timestep_spacing (nor steps_offset): always linspace
+        # diffusers parity: DPMSolverSinglestepScheduler has no timestep_spacing (nor steps_offset): always linspace
         return solver_plan(replace(self.config, timestep_spacing="linspace"), self.steps, self.spacing, self.schedule,
                            self.config.final_sigmas_type, lambda_min_clipped=self.config.lambda_min_clipped)
 
@@ -90,7 +90,7 @@ class DPMPPSinglestepSampler(Sampler):
         for i, t in enumerate(self.timesteps):
             alpha, s = alpha_sigma(sigmas[i])
             x0 = denoised_from_output(model_fn(x, t), x, config.prediction_type, s, alpha)
-            # diffusers quirk: img2img may start inside a block; there the order is cut to the x_0's seen so far
+            # diffusers parity: img2img may start inside a block; there the order is cut to the x_0's seen so far
             order = min(orders[self.begin_index + i], i + 1)
             if order == 1:  # a block starts here
                 x_start, x0s = x, []

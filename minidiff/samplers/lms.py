@@ -63,7 +63,7 @@ class LMSSampler(SigmaSampler):
             model_output = model_fn(self.scale_input(x, sigma), t)
             denoised = denoised_from_output(model_output, x, self.config.prediction_type, sigma)
             slopes = (slopes + [to_d(x, sigma, denoised)])[-self.max_order :]
-            # diffusers quirk: the order counts from the position in the whole schedule, so after an img2img
+            # diffusers parity: the order counts from the position in the whole schedule, so after an img2img
             # start the first steps use high-order coefficients for the few slopes there are
             step = self.begin_index + i
             order = min(step + 1, self.max_order)

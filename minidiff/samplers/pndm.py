@@ -45,7 +45,7 @@ class PNDMSampler(Sampler):
     name = "pndm"
     diffusers_class = "PNDMScheduler"
     default_spacing = "leading"
-    # diffusers quirk: PNDMScheduler.order is 1 though a warm-up step calls the network 2 or 4 times, so img2img
+    # diffusers parity: PNDMScheduler.order is 1 though a warm-up step calls the network 2 or 4 times, so img2img
     # skips steps - int(steps · strength) *entries* of the call list, and may start inside a warm-up step
     order = 1
     supports_zero_snr = False  # PNDMScheduler has no rescale_betas_zero_snr
@@ -73,7 +73,7 @@ class PNDMSampler(Sampler):
 
         def transfer(x, output, t, t_prev):  # φ(x, ε, t, t') of eq. (9)
             a, a_prev = ab[t], ab[t_prev] if t_prev >= 0 else final_ab
-            # diffusers quirk: with v-prediction the outputs are combined as v's, and the combination becomes ε
+            # diffusers parity: with v-prediction the outputs are combined as v's, and the combination becomes ε
             # with the x and ᾱ of the step's start (not the x each v was computed at)
             eps = eps_from_output(output, x, a, config.prediction_type)
             denominator = a * (1 - a_prev) ** 0.5 + (a * (1 - a) * a_prev) ** 0.5
@@ -84,7 +84,7 @@ class PNDMSampler(Sampler):
             output = model_fn(x, t)
             if i < runge_kutta_calls:
                 stage = i % 4
-                # diffusers quirk: the step starts at entry i - i % 4 of the whole list, even after img2img's late
+                # diffusers parity: the step starts at entry i - i % 4 of the whole list, even after img2img's late
                 # start, and stages 0 and 2 aim at this call's timestep minus (T // n) // 2, whatever the spacing
                 t_step, target = self.all_timesteps[i - stage], t - (k // 2 if stage % 2 == 0 else 0)
                 if stage == 0:
@@ -96,14 +96,14 @@ class PNDMSampler(Sampler):
                 else:  # (e1 + 2 e2 + 2 e3 + e4) / 6
                     x_next = transfer(x_step, combined + 1 / 6 * output, t_step, target)
             elif i == 1 and not runge_kutta_calls:
-                # the warm-up's second call, at t' (twice in the list); diffusers quirk: it redoes the step from
+                # the warm-up's second call, at t' (twice in the list); diffusers parity: it redoes the step from
                 # t' + T // n, which is the step's start only with leading spacing and not when img2img starts on t'
                 x_next = transfer(x_step, (output + history[-1]) / 2, t + k, t)
             else:
                 history = (history + [output])[-4:]
                 if i == 0:
                     x_step = x  # the start the warm-up's second call goes back to
-                # diffusers quirk: the step goes to t - T // n, not to the list's next timestep (trailing, linspace)
+                # diffusers parity: the step goes to t - T // n, not to the list's next timestep (trailing, linspace)
                 x_next = transfer(x, adams_bashforth(history[::-1]), t, t - k)
             x0 = x0_from_output(output, x, ab[t], config.prediction_type)  # what this call's output says of x_0
             x = self.report(callback, i, t, x_next, x0)

@@ -19,7 +19,7 @@ Spacing of the timesteps (``timestep_spacing``, Lin et al. 2023, table 2): *lead
 
 img2img starts late: with ``strength`` s only the last int(steps · s) steps run (``late_start``); LCM instead
 picks all its steps from the least noisy int(original_inference_steps · s) of its schedule (``lcm_plan``).
-Quirks of diffusers that parity needs are marked "diffusers quirk:" and explained where they occur.
+Quirks of diffusers that parity needs are marked "diffusers parity:" and explained where they occur.
 """
 
 import math
@@ -239,12 +239,12 @@ def midpoint_plan(config, steps, spacing, schedule, ancestral=False):
     plan = k_diffusion_plan(config, steps, spacing, schedule, round_karras=True, float64_respaced=True)
     timesteps, sigmas = plan.timesteps, plan.sigmas  # (steps,), (steps + 1,)
     sigma, sigma_next = sigmas[:-2], sigmas[1:-1]  # (steps - 1,) every step but the last
-    # diffusers quirk: the two classes take the midpoint from opposite ends (lerp), which rounds differently
+    # diffusers parity: the two classes take the midpoint from opposite ends (lerp), which rounds differently
     if not ancestral:
         mid = sigma_next.log().lerp(sigma.log(), 0.5).exp()
     else:
         mid = sigma.log().lerp(get_ancestral_step(sigma, sigma_next)[0].log(), 0.5).exp()
-    # diffusers quirk: the midpoints' timesteps are computed from σ_mid in float32 arithmetic
+    # diffusers parity: the midpoints' timesteps are computed from σ_mid in float32 arithmetic
     log_train = np.log(train_sigmas(schedule, config.rescale_betas_zero_snr))
     mid_t = torch.from_numpy(sigma_to_t(mid.numpy(), log_train)).to(timesteps.dtype)
     calls = torch.stack([timesteps[:-1], mid_t], dim=1).flatten()  # t_0, t_mid_0, t_1, t_mid_1, ...
@@ -257,7 +257,7 @@ def dpmpp_sde_plan(config, steps, spacing, schedule):
     σ_mid = e^{-t_mid}; the timesteps float64 throughout, as DPMSolverSDEScheduler has them."""
     train = train_sigmas(schedule)
     timesteps, sigmas = k_diffusion_sigmas(config, steps, spacing, train, float64=True)  # (steps,) each
-    # diffusers quirk: the midpoints' timesteps come from the float64 σ's, the σ_mid of the step from float32 ones
+    # diffusers parity: the midpoints' timesteps come from the float64 σ's, the σ_mid of the step from float32 ones
     t = -np.log(sigmas)  # (steps,) float64; the midpoints below: (steps - 1,), every step but the last
     mid_t = torch.from_numpy(sigma_to_t(np.exp(-(t[:-1] + (t[1:] - t[:-1]) * 0.5)), np.log(train)))
     timesteps, sigmas = torch.from_numpy(timesteps), torch.from_numpy(np.append(sigmas, 0.0).astype(np.float32))

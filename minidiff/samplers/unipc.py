@@ -74,7 +74,7 @@ class UniPCSampler(Sampler):
         if not config.lower_order_final and config.final_sigmas_type == "zero" and config.solver_order > 1:
             raise ValueError("unipc with lower_order_final=False and final_sigmas_type='zero' ends with a step of "
                              "order 2 or more to σ = 0, which is undefined; set one of them back to its default")
-        # diffusers quirk: with a re-spacing, "sigma_min" ends on the last re-spaced σ repeated (a step of h = 0)
+        # diffusers parity: with a re-spacing, "sigma_min" ends on the last re-spaced σ repeated (a step of h = 0)
         final = "last" if config.final_sigmas_type == "sigma_min" else "zero"
         return solver_plan(config, self.steps, self.spacing, self.schedule, final)
 
@@ -90,7 +90,7 @@ class UniPCSampler(Sampler):
             return (m0 if config.predict_x0 else (x - s * m0) / alpha).to(x.dtype)
         h = log_snr(sigmas[i + 1]) - log_snr(sigmas[i])
         hh = -h if config.predict_x0 else h  # ĥ
-        # diffusers quirk: a midpoint/heun/logrho solver_type (DPM-Solver's, DEIS's) means bh2
+        # diffusers parity: a midpoint/heun/logrho solver_type (DPM-Solver's, DEIS's) means bh2
         B_h = hh if config.solver_type == "bh1" else torch.expm1(hh)
         ratio, weight = (s_next / s, alpha_next) if config.predict_x0 else (alpha_next / alpha, s_next)
         x_next = ratio * x - (weight * torch.expm1(hh)) * m0
@@ -100,7 +100,7 @@ class UniPCSampler(Sampler):
             rks, D = rks + [torch.ones(())], D + [m_new - m0]
         if not D:  # UniP-1: the first-order step alone
             return x_next.to(x.dtype)
-        # diffusers quirk: a single difference (UniP-2, UniC-1) gets the weight 1/2, not g_1 / B(h)
+        # diffusers parity: a single difference (UniP-2, UniC-1) gets the weight 1/2, not g_1 / B(h)
         w = (torch.full((1,), 0.5) if len(D) == 1 else order_weights(rks, hh, B_h)).to(x.device, x.dtype)
         if m_new is None:
             res = weighted_sum(w, D)
