@@ -11,6 +11,7 @@ the steps taken), OUT.txt (the table), OUT.png (one curve per sampler: the mean 
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def write(record, args):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
-    command = "python benchmarks/sampler_nfe.py --device cuda"
+    command = " ".join(["python", "benchmarks/sampler_nfe.py", *sys.argv[1:]])
     out.with_suffix(".json").write_text(json.dumps(dict(command=command, device=device, torch=torch.__version__,
                                                         samples=args.samples, guidance=args.guidance,
                                                         rates=record), indent=1) + "\n")
@@ -95,12 +96,15 @@ def plot(record, budgets, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, runs in record.items():
+    colors, markers = plt.get_cmap("tab20").colors, "os^vD<>ph*"
+    for k, (name, runs) in enumerate(record.items()):
         nfes = sorted(runs)
-        ax.plot(nfes, [(runs[n]["single"] + runs[n]["pair"]) / 2 for n in nfes], marker="o", label=name)
+        ax.plot(nfes, [(runs[n]["single"] + runs[n]["pair"]) / 2 for n in nfes], marker=markers[k % len(markers)],
+                color=colors[k % len(colors)], label=name)
     ax.set(xscale="log", xlabel="network evaluations (NFE)", ylabel="pictures all right (mean of singles and pairs)",
            ylim=(0, 1), title="The bundled model: prompt adherence against network evaluations")
     ax.set_xticks(budgets, [str(n) for n in budgets])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -123,6 +127,14 @@ def picture_grid(pictures, samplers, budgets, prompt, path):
             if (name, nfe) in pictures:
                 grid.paste(pictures[name, nfe].resize((side, side)), (label + col * side, top + row * side))
     grid.save(path)
+
+
+def replot(json_path):
+    """Draw OUT.png again from a run's OUT.json."""
+    record = json.loads(Path(json_path).read_text())
+    rates = {name: {int(n): r for n, r in runs.items()} for name, runs in record["rates"].items()}
+    budgets = sorted({n for runs in rates.values() for n in runs})
+    plot(rates, budgets, Path(json_path).with_suffix(".png"))
 
 
 if __name__ == "__main__":

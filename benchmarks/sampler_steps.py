@@ -13,6 +13,7 @@ curves).
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def write(curves, args):
     fewest = {label: fewest_steps(curve) for label, curve in curves.items()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = dict(command="python benchmarks/sampler_steps.py --device cuda", steps=args.steps,
+    record = dict(command=" ".join(["python", "benchmarks/sampler_steps.py", *sys.argv[1:]]), steps=args.steps,
                   samples=args.samples, guidance=args.guidance, tolerance=TOLERANCE, fewest_steps=fewest,
                   rates={label: {str(n): list(r) for n, r in curve.items()} for label, curve in curves.items()},
                   device=torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,

@@ -116,7 +116,8 @@ def test_a_copy_of_a_model_folder_draws_what_the_original_draws(tiny_with_settin
     ({"sampler": "euler", "stpes": 20}, "has unknown fields stpes; the fields are sampler, steps"),
     ({"sampler": "plms"}, "sampler must be one of ddpm"),
     ({"width": 128}, "give both width and height"),
-    ({"min_steps": {"lms": "30"}}, "min_steps must map sampler names to positive integers"),
+    ({"min_steps": {"lms": "30"}}, "min_steps must map sampler names (\"lms\", \"lms karras\") to positive"),
+    ({"min_steps": {"lms fast": 30}}, "min_steps must map sampler names"),
 ])
 def test_a_wrong_settings_file_is_one_error_line_naming_it_in_full(values, message, tmp_path, capsys,
                                                                     monkeypatch):
@@ -284,3 +285,15 @@ def test_a_karras_sampler_name_with_sigmas_option_is_refused_with_karras_flag(ti
     args = parse(["generate", "x", "--model", tiny_with_settings, "--sigmas", "beta", "--karras"])
     with pytest.raises(ValueError, match="--sigmas and --karras/--no-karras both choose"):
         pipeline_options.chosen(args)
+
+
+@pytest.mark.parametrize("sampler, steps, warns", [
+    ("lms", 29, True), ("lms", 30, False), ("LMS Karras", 39, True), ("lms karras", 40, False), ("euler", 2, False)])
+def test_steps_below_a_samplers_min_steps_warn_with_its_spacing(sampler, steps, warns):
+    settings = model_settings.ModelSettings(min_steps={"lms": 30, "lms karras": 40})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model_settings.warn_about_steps(settings, sampler, steps)
+    assert bool(caught) is warns
+    if warns:
+        assert f"needs at least {30 if steps < 30 else 40} steps" in str(caught[0].message)

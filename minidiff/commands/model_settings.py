@@ -29,7 +29,8 @@ class ModelSettings:
     cfg         7.5      classifier-free guidance scale without --cfg
     width       null     the picture width the model was trained at, in pixels (a multiple of 8); it is also
     height      null     generate's size without --width/--height; other sizes warn. Give both or neither.
-    min_steps   {}       sampler -> fewest steps at which this model's pictures hold, e.g. {"lms": 30}; fewer warn
+    min_steps   {}       sampler (or "sampler spacing") -> fewest steps at which this model's pictures hold,
+                         e.g. {"lms": 50, "lms karras": 50}; fewer warn
     vocabulary  null     "shapes": the model speaks only the caption language of minidiff/data/captions.py, so
                          prompt words outside it and prompts of more than two objects warn
     """
@@ -105,8 +106,12 @@ def settings_problem(settings):
     for name, size in (("width", s.width), ("height", s.height)):
         if size is not None and not (count(size) and size % 8 == 0):
             return f"{name} must be a positive multiple of 8 pixels, got {size!r}"
-    if not isinstance(s.min_steps, dict) or any(k not in SAMPLER_NAMES or not count(v) for k, v in s.min_steps.items()):
-        return f"min_steps must map sampler names to positive integers, got {s.min_steps!r}"
+    def sampler_key(key):  # "lms", or "lms karras": a sampler with a σ spacing
+        name, _, spacing = key.partition(" ")
+        return name in SAMPLER_NAMES and spacing in ("", *sampler_names.SPACING_SUFFIXES)
+
+    if not isinstance(s.min_steps, dict) or any(not sampler_key(k) or not count(v) for k, v in s.min_steps.items()):
+        return f"min_steps must map sampler names (\"lms\", \"lms karras\") to positive integers, got {s.min_steps!r}"
     if s.vocabulary is not None and s.vocabulary not in VOCABULARIES:
         return f"vocabulary must be one of {', '.join(VOCABULARIES)} or null, got {s.vocabulary!r}"
     return None

@@ -215,7 +215,8 @@ def load_pipeline(args):
     from minidiff.pipelines import StableDiffusion
 
     sampler, steps, _ = chosen(args)  # reads the model's settings file: a wrong one fails before the long load
-    model_settings.warn_about_steps(settings(args), sampler, steps)
+    with_karras = args.karras and not sampler_names.resolve(sampler)[1]  # --karras: the Karras entry of min_steps
+    model_settings.warn_about_steps(settings(args), f"{sampler} karras" if with_karras else sampler, steps)
     model_settings.warn_about_prompt(settings(args), args.prompt)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_device(device)

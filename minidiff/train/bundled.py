@@ -50,7 +50,10 @@ SHARD_BYTES = 16_000_000  # export splits larger networks (the U-Net) into shard
 # The minidiff_settings.json `export` writes for a model of this recipe (as weights/ has it), which every command
 # reads: Euler ancestral, 20 steps and guidance 5 scored best with `python -m minidiff evaluate` (weights/README.md),
 # LMS needs 30 steps with it, and it knows only the caption words. A model `import_folder` brought in keeps its own.
-SETTINGS = dict(sampler="euler_a", steps=20, cfg=5.0, width=IMAGE_SIZE, height=IMAGE_SIZE, min_steps={"lms": 30},
+# The fewest steps at which each sampler's prompt adherence holds on this model (benchmarks/sampler_steps.py; the
+# measurement and its limits are in weights/README.md).
+MIN_STEPS = {"ddpm": 20, "ddim": 12, "euler_a": 20, "dpmpp_2m": 20, "lms": 50, "lms karras": 50}
+SETTINGS = dict(sampler="euler_a", steps=20, cfg=5.0, width=IMAGE_SIZE, height=IMAGE_SIZE, min_steps=MIN_STEPS,
                 vocabulary="shapes")
 
 
