@@ -9,7 +9,6 @@ the steps taken), OUT.txt (the table), OUT.png (one curve per sampler: the mean 
 "all right" rates) and OUT-pictures.png (the first prompt's picture for every sampler and budget).
 """
 
-import argparse
 import json
 import sys
 import time
@@ -19,8 +18,9 @@ import torch
 
 from minidiff.images import tensor_to_pil
 from minidiff.pipelines import StableDiffusion
-from minidiff.samplers import SAMPLER_NAMES, make_sampler
+from minidiff.samplers import make_sampler
 from minidiff.tools.evaluate import attribute_rates, make_prompts
+from sampler_steps import sampler_benchmark_parser  # the sibling script
 
 BUDGETS = (4, 8, 16, 32)
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,13 +36,8 @@ def steps_within(sampler, config, nfe):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "weights"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--samples", type=int, default=120)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser = sampler_benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="the NFE budgets to try")
-    parser.add_argument("--samplers", nargs="+", default=list(SAMPLER_NAMES), choices=SAMPLER_NAMES)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler-nfe"))
     args = parser.parse_args()
 

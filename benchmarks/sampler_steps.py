@@ -49,15 +49,21 @@ def fewest_steps(curve, tolerance=TOLERANCE):
     return fewest
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def sampler_benchmark_parser(description):
+    """The options both sampler benchmarks take: the model, device, prompts, guidance and samplers."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default=str(ROOT / "weights"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--samples", type=int, default=120)
+    parser.add_argument("--samples", type=int, default=120, help="prompts: half single objects, half pairs")
     parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="the step counts to try")
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLER_NAMES), choices=SAMPLER_NAMES,
                         help="the samplers to measure")
+    return parser
+
+
+def main():
+    parser = sampler_benchmark_parser(__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="the step counts to try")
     parser.add_argument("--karras-for", nargs="*", default=list(KARRAS_SAMPLERS), choices=KARRAS_SAMPLERS,
                         help="the samplers also measured with Karras σ's (default: all that have them)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler-steps"))
