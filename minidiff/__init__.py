@@ -7,7 +7,8 @@ floors below it:
     sampler_names.py          the names samplers go by in minidiff, A1111 and ComfyUI (no imports: the CLI reads it)
     noise.py, schedule.py     random numbers drawn as diffusers draws them; the forward process q(x_t | x_0)
     brownian.py               Brownian-tree noise (DPM++ SDE), the same numbers as torchsde for the same seed
-    samplers/                 where to step (steps.py), what all share (base.py, config.py), how: one file each
+    samplers/                 where to step (steps.py, spacings.py), what all share (base.py, config.py), how: one
+                              file each
     models/                   shared blocks (attention, resnet, embeddings, transformer, activations), one file
                               per network (clip, tokenizer, vae, unet, controlnet), their configs in config.py
     loading/                  one reader per file format, one rename table per foreign key layout
