@@ -45,8 +45,9 @@ def log_snr(sigma):
     return torch.log(alpha) - torch.log(s)
 
 
-# Class defaults of settings that most diffusers classes share; a sampler's ``defaults`` overrides them (dpmpp_2s).
-SHARED_DEFAULTS = {"lower_order_final": True}
+# Class defaults of settings that most diffusers classes share; a sampler's ``defaults`` overrides them (DDIM's
+# leading timesteps, dpmpp_2s's lower_order_final).
+SHARED_DEFAULTS = {"timestep_spacing": "linspace", "lower_order_final": True}
 
 
 def config_spacing(config):
@@ -65,8 +66,8 @@ class Sampler:
     accuracy = 1  # the method's order of accuracy (its global error shrinks as (step size)^accuracy)
     stochastic = False  # whether it draws fresh noise (so the generator matters)
     spacings = ()  # the σ re-spacings it offers (of steps.SIGMA_SPACINGS)
-    default_spacing = "linspace"  # the timestep_spacing of the matching diffusers class, used when config has none
-    defaults = {}  # other settings whose default differs between diffusers' classes, used where the config has None
+    defaults = {}  # settings whose default differs between diffusers' classes (timestep_spacing, ...), used where
+    # the config has None, over SHARED_DEFAULTS
     supports_zero_snr = True  # some diffusers classes (Heun, LMS, ...) have no zero-terminal-SNR option
     latent = "alpha_bar"  # the form of the noisy latent: "alpha_bar", "sigma" or "alpha_sigma" (module docstring)
     registry = {}  # name -> class, filled as each sampler class is defined (for error messages)
@@ -93,7 +94,7 @@ class Sampler:
         self.spacing = self.choose_spacing(config, karras, sigmas)
         defaults = {**SHARED_DEFAULTS, **self.defaults}
         unset = {key: value for key, value in defaults.items() if getattr(config, key) is None}
-        self.config = replace(config, timestep_spacing=config.timestep_spacing or self.default_spacing, **unset)
+        self.config = replace(config, **unset)
         self.steps, self.eta = int(steps), eta
         self.karras = self.spacing == "karras"
         self.schedule = NoiseSchedule.from_config(config)

@@ -8,9 +8,9 @@ are ignored; settings minidiff does not implement raise a ValueError that names 
 A key missing from the file takes Stable Diffusion's value (the defaults below), except ``timestep_spacing``,
 ``algorithm_type``, ``solver_type`` and ``lower_order_final``: there, as in diffusers (where each scheduler class has
 its own default, and ``X.from_config`` does not carry over values a file left out), a missing value (None) means the
-sampler's class default: "leading" for ddpm and ddim and "linspace" for the others; "dpmsolver++" and "midpoint" for
-dpmpp_2m, "deis" and "logrho" for deis, "bh2" for unipc; lower_order_final True, but False for dpmpp_2s
-(``Sampler.defaults``). ``skip_prk_steps`` (pndm only) defaults to PNDMScheduler's false, though SD's files set it.
+sampler's class default: "leading" for ddpm, ddim, pndm and lcm and "linspace" for the others; "dpmsolver++"
+and "midpoint" for dpmpp_2m, "deis" and "logrho" for deis, "bh2" for unipc; lower_order_final True, but False for
+dpmpp_2s (``Sampler.defaults``). ``skip_prk_steps`` (pndm only) defaults to PNDMScheduler's false, though SD's files set it.
 SD 1.5's file has no ``timestep_spacing``, so diffusers' pipelines run DDIM on leading timesteps but Euler, Heun,
 LMS and DPM++ on linspace ones, and so does minidiff. Written back (``to_dict``), a missing value stays missing
 rather than becoming null (which diffusers' schedulers refuse), so diffusers falls back to the same class defaults.

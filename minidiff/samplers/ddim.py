@@ -18,7 +18,7 @@ from .steps import discrete_plan
 
 
 class DDIMSampler(Sampler):
-    default_spacing = "leading"
+    defaults = {"timestep_spacing": "leading"}
     name = "ddim"
     diffusers_class = "DDIMScheduler"
 

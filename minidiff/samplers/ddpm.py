@@ -18,7 +18,7 @@ from .steps import discrete_plan
 
 
 class DDPMSampler(Sampler):
-    default_spacing = "leading"
+    defaults = {"timestep_spacing": "leading"}
     name = "ddpm"
     diffusers_class = "DDPMScheduler"
 

@@ -38,7 +38,7 @@ class LCMSampler(Sampler):
     name = "lcm"
     diffusers_class = "LCMScheduler"
     stochastic = True
-    default_spacing = "leading"  # LCMScheduler's (its timesteps do not use it)
+    defaults = {"timestep_spacing": "leading"}  # LCMScheduler's (its timesteps do not use it)
 
     def __init__(self, config, steps, karras=None, eta=0.0, strength=1.0, sigmas=None):
         # LCM places img2img's start in its plan and runs every step: the generic late start skips none

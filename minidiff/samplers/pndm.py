@@ -44,7 +44,7 @@ def adams_bashforth(eps):
 class PNDMSampler(Sampler):
     name = "pndm"
     diffusers_class = "PNDMScheduler"
-    default_spacing = "leading"
+    defaults = {"timestep_spacing": "leading"}
     # diffusers parity: PNDMScheduler.order is 1 though a warm-up step calls the network 2 or 4 times, so img2img
     # skips steps - int(steps · strength) *entries* of the call list, and may start inside a warm-up step
     order = 1
